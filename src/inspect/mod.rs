@@ -1,0 +1,3 @@
+//! `mirrorlog inspect …`: offline verification of on-disk state.
+
+pub mod wal;

@@ -1,0 +1,9 @@
+//! The shard runtime: one io_uring per shard thread, owned buffers, start-up checks.
+
+pub mod buffer;
+pub mod doorbell;
+pub mod file;
+pub mod net;
+pub mod probe;
+pub mod ring;
+pub mod shard;

@@ -1,0 +1,479 @@
+//! One io_uring per shard thread, with owned resources per operation.
+//!
+//! Every submitted operation owns what the kernel may touch until its completion arrives: the data
+//! buffer, the timespec of a timeout, the address storage of an accept or connect. Those live in a
+//! slot of `Ring::slots`; the slot index is the SQE's `user_data`. A slot is freed only on the
+//! operation's final completion, so a cancelled operation keeps its buffer until the kernel is done
+//! with it (io_uring_enter(2): the kernel may still access the memory until the CQE is posted).
+//!
+//! SEND_ZC posts two completions (io_uring_enter(2), IORING_OP_SEND_ZC): the send result, with
+//! IORING_CQE_F_MORE set, and later a notification (IORING_CQE_F_NOTIF) once the kernel no longer
+//! reads the buffer. The buffer comes back with the notification, never earlier.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::error::{Error, Result};
+use crate::io::buffer::AlignedBuf;
+
+/// The caller's name for an operation, handed back with its completion.
+pub type Token = u64;
+
+/// Identifies an operation in flight (for cancellation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpId(u32);
+
+/// Set in a SEND_ZC notification's result when the kernel copied instead (io_uring_enter(2)).
+const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
+
+/// `user_data` tags outside the slot index space.
+const USER_DATA_CANCEL: u64 = u64::MAX;
+/// A message from another ring (IORING_OP_MSG_RING) carries this bit in its `user_data`.
+pub const USER_DATA_MESSAGE_BIT: u64 = 1 << 63;
+
+/// Memory the kernel may touch while an operation is in flight; the variants are only held, never
+/// read, so that the memory lives exactly as long as the operation.
+#[allow(dead_code)]
+enum Held {
+    Nothing,
+    Buf(AlignedBuf),
+    Timespec(Box<types::Timespec>),
+    Accept(Box<(libc::sockaddr_storage, libc::socklen_t)>),
+    Connect(Box<(libc::sockaddr_storage, libc::socklen_t)>),
+    Word(Box<u64>),
+}
+
+struct Slot {
+    token: Token,
+    held: Held,
+}
+
+/// What a completion reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionKind {
+    /// The operation finished; any buffer is handed back.
+    Done,
+    /// SEND_ZC's first completion: bytes sent (or an error); the buffer is still the kernel's.
+    SendZcResult,
+    /// SEND_ZC's notification: the kernel released the buffer. `copied` is true when the kernel
+    /// fell back to copying (always the case on loopback).
+    SendZcNotified { copied: bool },
+    /// A message sent by another ring with `msg_ring`; `token` carries its payload.
+    Message,
+}
+
+#[derive(Debug)]
+pub struct Completion {
+    pub token: Token,
+    pub result: i32,
+    pub kind: CompletionKind,
+    pub buf: Option<AlignedBuf>,
+    /// The peer of an accepted connection.
+    pub peer: Option<SocketAddr>,
+}
+
+impl Completion {
+    /// The result as an `io::Result` of a byte count or file descriptor.
+    pub fn io_result(&self) -> std::io::Result<u32> {
+        if self.result < 0 {
+            Err(std::io::Error::from_raw_os_error(-self.result))
+        } else {
+            Ok(self.result as u32)
+        }
+    }
+}
+
+pub struct Ring {
+    uring: IoUring,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    in_flight: usize,
+    /// SEND_ZC notifications that reported a copy instead of zero-copy (exposed as a metric).
+    pub zc_copied_notifications: u64,
+}
+
+impl Ring {
+    pub fn new(entries: u32) -> Result<Self> {
+        let uring = IoUring::builder()
+            .setup_clamp()
+            .build(entries)
+            .map_err(crate::io::probe::explain_setup_error)?;
+        Ok(Self {
+            uring,
+            slots: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            zc_copied_notifications: 0,
+        })
+    }
+
+    /// The ring's file descriptor, the target of `msg_ring` from other rings.
+    pub fn fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.uring.as_raw_fd()
+    }
+
+    /// Operations submitted and not yet finished (SEND_ZC counts until its notification).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn slot(&mut self, token: Token, held: Held) -> u32 {
+        let slot = Slot { token, held };
+        self.in_flight += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn push(&mut self, entry: squeue::Entry) -> Result<()> {
+        loop {
+            // SAFETY: every pointer in `entry` refers to memory held in a slot (or owned by the
+            // caller for the fd), which stays alive until the operation's final completion.
+            let pushed = unsafe { self.uring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            self.uring
+                .submit()
+                .map_err(|e| Error::io("io_uring submit (queue full)", e))?;
+        }
+    }
+
+    fn submit_entry(&mut self, entry: squeue::Entry, token: Token, held: Held) -> Result<OpId> {
+        let index = self.slot(token, held);
+        if let Err(e) = self.push(entry.user_data(index as u64)) {
+            self.release(index);
+            return Err(e);
+        }
+        Ok(OpId(index))
+    }
+
+    fn held_buf_ptr(held: &mut Held) -> *mut u8 {
+        match held {
+            Held::Buf(buf) => buf.as_mut_ptr(),
+            _ => std::ptr::null_mut(),
+        }
+    }
+
+    /// Writes `buf[..len]` at `offset`. `rw_flags` may carry RWF_DSYNC to make the write durable
+    /// by itself (pwritev2(2): "per-write equivalent of O_DSYNC").
+    pub fn write_at(
+        &mut self,
+        fd: RawFd,
+        buf: AlignedBuf,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        token: Token,
+    ) -> Result<OpId> {
+        assert!(len <= buf.capacity());
+        let mut held = Held::Buf(buf);
+        let ptr = Self::held_buf_ptr(&mut held);
+        let entry = opcode::Write::new(types::Fd(fd), ptr, len as u32)
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build();
+        self.submit_entry(entry, token, held)
+    }
+
+    /// Reads `len` bytes at `offset` into the start of `buf`; the buffer's `len` is set to the
+    /// bytes read when it comes back.
+    pub fn read_at(
+        &mut self,
+        fd: RawFd,
+        buf: AlignedBuf,
+        len: usize,
+        offset: u64,
+        token: Token,
+    ) -> Result<OpId> {
+        assert!(len <= buf.capacity());
+        let mut held = Held::Buf(buf);
+        let ptr = Self::held_buf_ptr(&mut held);
+        let entry = opcode::Read::new(types::Fd(fd), ptr, len as u32)
+            .offset(offset)
+            .build();
+        self.submit_entry(entry, token, held)
+    }
+
+    /// fdatasync(2) (`datasync`) or fsync(2).
+    pub fn fsync(&mut self, fd: RawFd, datasync: bool, token: Token) -> Result<OpId> {
+        let flags = if datasync {
+            types::FsyncFlags::DATASYNC
+        } else {
+            types::FsyncFlags::empty()
+        };
+        let entry = opcode::Fsync::new(types::Fd(fd)).flags(flags).build();
+        self.submit_entry(entry, token, Held::Nothing)
+    }
+
+    /// fallocate(2) with mode 0: reserve `len` bytes at `offset`.
+    pub fn fallocate(&mut self, fd: RawFd, offset: u64, len: u64, token: Token) -> Result<OpId> {
+        let entry = opcode::Fallocate::new(types::Fd(fd), len)
+            .offset(offset)
+            .build();
+        self.submit_entry(entry, token, Held::Nothing)
+    }
+
+    pub fn accept(&mut self, listener: RawFd, token: Token) -> Result<OpId> {
+        // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+        let mut held = Box::new((
+            unsafe { std::mem::zeroed::<libc::sockaddr_storage>() },
+            0 as libc::socklen_t,
+        ));
+        held.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let addr = &mut held.0 as *mut _ as *mut libc::sockaddr;
+        let len = &mut held.1 as *mut libc::socklen_t;
+        let entry = opcode::Accept::new(types::Fd(listener), addr, len)
+            .flags(libc::SOCK_CLOEXEC)
+            .build();
+        self.submit_entry(entry, token, Held::Accept(held))
+    }
+
+    pub fn connect(&mut self, socket: RawFd, peer: SocketAddr, token: Token) -> Result<OpId> {
+        let held = Box::new(crate::io::net::sockaddr_from(peer));
+        let addr = &held.0 as *const _ as *const libc::sockaddr;
+        let entry = opcode::Connect::new(types::Fd(socket), addr, held.1).build();
+        self.submit_entry(entry, token, Held::Connect(held))
+    }
+
+    /// Receives up to `buf.capacity()` bytes; the buffer's `len` is set to the bytes received.
+    pub fn recv(&mut self, socket: RawFd, buf: AlignedBuf, token: Token) -> Result<OpId> {
+        let cap = buf.capacity();
+        let mut held = Held::Buf(buf);
+        let ptr = Self::held_buf_ptr(&mut held);
+        let entry = opcode::Recv::new(types::Fd(socket), ptr, cap as u32).build();
+        self.submit_entry(entry, token, held)
+    }
+
+    /// Sends `buf[start..start + len]` (copying send).
+    pub fn send(
+        &mut self,
+        socket: RawFd,
+        buf: AlignedBuf,
+        start: usize,
+        len: usize,
+        token: Token,
+    ) -> Result<OpId> {
+        assert!(start + len <= buf.capacity());
+        let mut held = Held::Buf(buf);
+        // SAFETY: start + len is within the allocation (asserted above).
+        let ptr = unsafe { Self::held_buf_ptr(&mut held).add(start) };
+        let entry = opcode::Send::new(types::Fd(socket), ptr, len as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.submit_entry(entry, token, held)
+    }
+
+    /// Zero-copy send of `buf[start..start + len]`. Two completions follow: `SendZcResult`, then
+    /// `SendZcNotified` with the buffer.
+    pub fn send_zc(
+        &mut self,
+        socket: RawFd,
+        buf: AlignedBuf,
+        start: usize,
+        len: usize,
+        token: Token,
+    ) -> Result<OpId> {
+        assert!(start + len <= buf.capacity());
+        let mut held = Held::Buf(buf);
+        // SAFETY: start + len is within the allocation (asserted above).
+        let ptr = unsafe { Self::held_buf_ptr(&mut held).add(start) };
+        let entry = opcode::SendZc::new(types::Fd(socket), ptr, len as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.submit_entry(entry, token, held)
+    }
+
+    /// Completes with -ETIME after `after`.
+    pub fn timeout(&mut self, after: Duration, token: Token) -> Result<OpId> {
+        let held = Box::new(
+            types::Timespec::new()
+                .sec(after.as_secs())
+                .nsec(after.subsec_nanos()),
+        );
+        let entry = opcode::Timeout::new(&*held as *const types::Timespec).build();
+        self.submit_entry(entry, token, Held::Timespec(held))
+    }
+
+    /// Reads the 8-byte counter of an eventfd (the wake-up from threads that have no ring).
+    pub fn read_eventfd(&mut self, eventfd: RawFd, token: Token) -> Result<OpId> {
+        let mut held = Box::new(0u64);
+        let ptr = &mut *held as *mut u64 as *mut u8;
+        let entry = opcode::Read::new(types::Fd(eventfd), ptr, 8).build();
+        self.submit_entry(entry, token, Held::Word(held))
+    }
+
+    /// Posts a completion carrying `payload` on another ring (IORING_OP_MSG_RING): the
+    /// cross-shard wake-up. `payload` must not have `USER_DATA_MESSAGE_BIT` set.
+    pub fn msg_ring(&mut self, target_ring_fd: RawFd, payload: u64, token: Token) -> Result<OpId> {
+        assert_eq!(
+            payload & USER_DATA_MESSAGE_BIT,
+            0,
+            "message payload uses the tag bit"
+        );
+        let entry = opcode::MsgRingData::new(
+            types::Fd(target_ring_fd),
+            0,
+            payload | USER_DATA_MESSAGE_BIT,
+            None,
+        )
+        .build();
+        self.submit_entry(entry, token, Held::Nothing)
+    }
+
+    /// Asks the kernel to cancel an operation. Its own completion (usually -ECANCELED) still
+    /// arrives and hands back its buffer.
+    pub fn cancel(&mut self, op: OpId) -> Result<()> {
+        let entry = opcode::AsyncCancel::new(op.0 as u64)
+            .build()
+            .user_data(USER_DATA_CANCEL);
+        self.push(entry)
+    }
+
+    /// Submits queued entries and waits for at least `want` completions.
+    pub fn submit_and_wait(&mut self, want: usize) -> Result<()> {
+        loop {
+            match self.uring.submit_and_wait(want) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // EBUSY: the completion queue is full; the caller reaps and comes back.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(Error::io("io_uring_enter", e)),
+            }
+        }
+    }
+
+    /// Submits queued entries without waiting.
+    pub fn submit(&mut self) -> Result<()> {
+        self.submit_and_wait(0)
+    }
+
+    fn release(&mut self, index: u32) -> Slot {
+        let slot = self.slots[index as usize]
+            .take()
+            .expect("completion for a free slot");
+        self.free.push(index);
+        self.in_flight -= 1;
+        slot
+    }
+
+    /// Takes every completion that has arrived, in order.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        let mut raw: Vec<(u64, i32, u32)> = Vec::new();
+        for cqe in self.uring.completion() {
+            raw.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        for (user_data, result, flags) in raw {
+            if user_data == USER_DATA_CANCEL {
+                continue;
+            }
+            if user_data & USER_DATA_MESSAGE_BIT != 0 {
+                let payload = user_data & !USER_DATA_MESSAGE_BIT;
+                out.push(Completion {
+                    token: payload,
+                    result,
+                    kind: CompletionKind::Message,
+                    buf: None,
+                    peer: None,
+                });
+                continue;
+            }
+            let index = user_data as u32;
+            if cqueue::notif(flags) {
+                let slot = self.release(index);
+                let copied = (result as u32) & IORING_NOTIF_USAGE_ZC_COPIED != 0;
+                self.zc_copied_notifications += copied as u64;
+                let buf = match slot.held {
+                    Held::Buf(buf) => Some(buf),
+                    _ => None,
+                };
+                out.push(Completion {
+                    token: slot.token,
+                    result: 0,
+                    kind: CompletionKind::SendZcNotified { copied },
+                    buf,
+                    peer: None,
+                });
+                continue;
+            }
+            if cqueue::more(flags) {
+                // SEND_ZC's first completion: the slot (and the buffer) stay until the notification.
+                let slot = self.slots[index as usize]
+                    .as_ref()
+                    .expect("completion for a free slot");
+                out.push(Completion {
+                    token: slot.token,
+                    result,
+                    kind: CompletionKind::SendZcResult,
+                    buf: None,
+                    peer: None,
+                });
+                continue;
+            }
+            let slot = self.release(index);
+            let (buf, peer) = match slot.held {
+                Held::Buf(mut buf) => {
+                    if result > 0 {
+                        // For reads and receives the result is the byte count now initialized.
+                        buf.set_len((result as usize).min(buf.capacity()));
+                    }
+                    (Some(buf), None)
+                }
+                Held::Accept(addr) if result >= 0 => {
+                    (None, crate::io::net::sockaddr_to(&addr.0, addr.1))
+                }
+                _ => (None, None),
+            };
+            // A SEND_ZC that fails posts a single CQE without IORING_CQE_F_MORE: it ends here, as
+            // `Done`, with its buffer.
+            out.push(Completion {
+                token: slot.token,
+                result,
+                kind: CompletionKind::Done,
+                buf,
+                peer,
+            });
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Buffers held by operations still in flight must outlive the kernel's use of them: cancel
+        // everything and wait for the completions before the slots are freed.
+        if self.in_flight == 0 {
+            return;
+        }
+        for index in 0..self.slots.len() {
+            if self.slots[index].is_some() {
+                let _ = self.cancel(OpId(index as u32));
+            }
+        }
+        let mut sink = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.in_flight > 0 && std::time::Instant::now() < deadline {
+            if self.submit_and_wait(1).is_err() {
+                break;
+            }
+            sink.clear();
+            self.reap(&mut sink);
+        }
+        if self.in_flight > 0 {
+            // The kernel may still write into these buffers: leak them rather than free them.
+            for slot in self.slots.drain(..).flatten() {
+                std::mem::forget(slot);
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! A shard: one thread, pinned to a core, that owns one ring and runs one event loop.
+//!
+//! The loop is completion-driven: the work (`ShardWork`) submits operations, the loop submits
+//! them and sleeps in io_uring_enter until at least one completes, then hands every completion
+//! back to the work. Before sleeping the work gets `before_sleep`, where the log writer submits its
+//! gathered batch: that is what makes group commit timer-free.
+
+use std::time::Duration;
+
+use crate::constants::RING_ENTRIES;
+use crate::error::{Error, Result};
+use crate::io::doorbell::Doorbell;
+use crate::io::ring::{Completion, Ring, Token};
+
+/// Reserved token of the doorbell's eventfd read.
+pub const DOORBELL_TOKEN: Token = u64::MAX - 1;
+
+/// What a shard runs.
+pub trait ShardWork {
+    /// Called once before the loop.
+    fn start(&mut self, ring: &mut Ring) -> Result<()>;
+    /// Called before each sleep; submits whatever is ready. Returning false ends the loop (after
+    /// it, operations still in flight are cancelled and reaped by the ring).
+    fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool>;
+    /// One completion (never the doorbell's).
+    fn complete(&mut self, ring: &mut Ring, completion: Completion) -> Result<()>;
+    /// Work that arrived without a completion (a cross-thread queue). Checked after
+    /// `Doorbell::prepare_to_sleep` so that no wake-up is lost.
+    fn has_pending(&self) -> bool {
+        false
+    }
+    /// The doorbell other threads ring, if this work takes cross-thread input.
+    fn doorbell(&self) -> Option<&Doorbell> {
+        None
+    }
+}
+
+/// Pins the calling thread to `core` (sched_setaffinity(2)).
+pub fn pin_to_core(core: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain old data; CPU_ZERO/CPU_SET only write inside it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            format!("pin thread to core {core}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Cores this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Runs `work` on the calling thread's ring until `before_sleep` returns false.
+pub fn run(ring: &mut Ring, work: &mut impl ShardWork) -> Result<()> {
+    work.start(ring)?;
+    let doorbell_fd = work.doorbell().map(|d| d.eventfd()).filter(|&fd| fd >= 0);
+    if let Some(fd) = doorbell_fd {
+        ring.read_eventfd(fd, DOORBELL_TOKEN)?;
+    }
+    let mut completions = Vec::with_capacity(RING_ENTRIES as usize);
+    loop {
+        if !work.before_sleep(ring)? {
+            return Ok(());
+        }
+        let mut sleep = true;
+        if let Some(doorbell) = work.doorbell() {
+            doorbell.prepare_to_sleep();
+            if work.has_pending() {
+                sleep = false;
+            }
+        }
+        if sleep && ring.in_flight() > 0 {
+            ring.submit_and_wait(1)?;
+        } else if sleep {
+            return Err(Error::Config(
+                "shard loop would sleep forever: nothing in flight and no doorbell".into(),
+            ));
+        } else {
+            ring.submit()?;
+        }
+        if let Some(doorbell) = work.doorbell() {
+            doorbell.awake();
+        }
+        completions.clear();
+        ring.reap(&mut completions);
+        for completion in completions.drain(..) {
+            if completion.token == DOORBELL_TOKEN {
+                if let Some(fd) = doorbell_fd {
+                    ring.read_eventfd(fd, DOORBELL_TOKEN)?;
+                }
+                continue;
+            }
+            work.complete(ring, completion)?;
+        }
+    }
+}
+
+/// Spawns a shard thread pinned to `core` (when the machine has it) with its own ring, and runs
+/// `body` on it.
+pub fn spawn<T: Send + 'static>(
+    name: String,
+    core: Option<usize>,
+    body: impl FnOnce(&mut Ring) -> Result<T> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if let Some(core) = core {
+                if core < available_cores() {
+                    pin_to_core(core)?;
+                }
+            }
+            let mut ring = Ring::new(RING_ENTRIES)?;
+            body(&mut ring)
+        })
+        .map_err(|e| Error::io("spawn shard thread", e))
+}
+
+/// A short sleep on the ring (used by loops that poll with a deadline).
+pub fn sleep_on_ring(ring: &mut Ring, after: Duration, token: Token) -> Result<()> {
+    ring.timeout(after, token)?;
+    Ok(())
+}

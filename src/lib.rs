@@ -1,0 +1,18 @@
+//! mirrorlog: SQL Server-style database mirroring on io_uring.
+//!
+//! This crate holds the engine; `src/main.rs` is the `mirrorlog` binary. Design notes live in
+//! `src/docs/` and are part of this documentation.
+
+pub mod bench;
+pub mod constants;
+pub mod debug;
+pub mod error;
+pub mod inspect;
+pub mod io;
+pub mod sync;
+pub mod wal;
+
+#[doc = include_str!("docs/log.md")]
+pub mod docs {}
+
+pub use error::{Error, Result};

@@ -1,0 +1,683 @@
+//! The log writer: appends records to an aligned log buffer and makes them durable with group
+//! commit, on its shard's ring.
+//!
+//! Group commit without timers: at most one write is in flight. Appends gather in the gathering
+//! buffer; when no write is in flight, the shard loop calls `submit`, which sends the whole
+//! gathering buffer as one O_DIRECT write with RWF_DSYNC (a data-sync write: one operation instead
+//! of a write linked to an fdatasync, which costs an io-wq hop; pwritev2(2), RWF_DSYNC). When it
+//! completes, `complete` advances the hardened LSN, wakes exactly the waiters it covers, and the
+//! next `submit` sends whatever gathered meanwhile. At low load a record is written at once; under
+//! load, everything appended during one flush shares the next.
+//!
+//! The partly filled last block of a batch is carried into the next gathering buffer and
+//! rewritten with the next batch: its already hardened prefix is rewritten with identical bytes,
+//! so a torn rewrite leaves that prefix intact whichever version of each sector lands.
+//!
+//! LSN ordering, kept by `validate`: `lsn_hardened <= in-flight end <= gathering end = lsn_appended`.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::constants::{
+    APPEND_QUEUE_CAPACITY, BLOCK_SIZE, LOG_BUFFERS_PER_LOG, LOG_BUFFER_SIZE, RECORD_BODY_SIZE_MAX,
+    RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+};
+use crate::error::{Error, IoContext, Result};
+use crate::io::buffer::AlignedBuf;
+use crate::io::doorbell::Doorbell;
+use crate::io::file::open_direct;
+use crate::io::ring::{Completion, Ring, Token};
+use crate::sync::Arc;
+use crate::wal::append_queue::BoundedQueue;
+use crate::wal::hardened::HardenedLsn;
+use crate::wal::record::{self, RecordKind};
+use crate::wal::recovery::{self, RecoveryReport};
+use crate::wal::remote::{AppendRequest, LogHandle, RemoteInbox};
+use crate::wal::segment::{self, SegmentHeader};
+use crate::wal::segment_preparer::SegmentPreparer;
+use crate::wal::waiters::HardenedWaiters;
+use crate::wal::{DbId, Epoch, Lsn};
+
+/// Disk faults injected through the log's own storage layer (tests; the machine has no
+/// device-mapper). The write whose 1-based number is given completes with EIO instead.
+#[derive(Debug, Clone, Default)]
+pub struct DiskFaults {
+    pub fail_write_number: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub db_id: DbId,
+    pub epoch: Epoch,
+    pub segment_size: u64,
+    pub faults: DiskFaults,
+}
+
+impl LogConfig {
+    pub fn new(dir: impl Into<PathBuf>, db_id: DbId) -> Self {
+        Self {
+            dir: dir.into(),
+            db_id,
+            epoch: Epoch(1),
+            segment_size: crate::constants::SEGMENT_SIZE_DEFAULT,
+            faults: DiskFaults::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    /// No room until the write in flight completes: wait with `wait_for_space`, then retry.
+    Full,
+    TooLarge {
+        size: usize,
+        max: usize,
+    },
+    /// The log failed (a write or flush error) and takes no more records.
+    Failed(String),
+}
+
+impl From<AppendError> for Error {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Full => Error::LogFailed("log buffer full".into()),
+            AppendError::TooLarge { size, max } => Error::RecordTooLarge { size, max },
+            AppendError::Failed(detail) => Error::LogFailed(detail),
+        }
+    }
+}
+
+/// Why a waiter is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The waiter's LSN is hardened.
+    Hardened(Token),
+    /// Buffer space is free again: retry the append.
+    Space(Token),
+    /// The log failed; the waiter's record will never be hardened.
+    Failed(Token),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    pub writes: u64,
+    pub records_hardened: u64,
+    pub bytes_written: u64,
+    pub records_per_write_max: u64,
+}
+
+struct Gathering {
+    buf: AlignedBuf,
+    /// LSN of `buf[0]` (block aligned).
+    start_lsn: Lsn,
+    /// First byte not written by an earlier batch.
+    batch_lsn: Lsn,
+    /// A padding record closed the segment: no more appends until this batch is submitted.
+    sealed: bool,
+    records: u64,
+}
+
+impl Gathering {
+    fn end_lsn(&self) -> Lsn {
+        self.start_lsn.add(self.buf.len() as u64)
+    }
+}
+
+struct InFlight {
+    end_lsn: Lsn,
+    write_len: usize,
+    records: u64,
+    /// The file written to, kept open until the completion (the segment may have rotated).
+    _file: Arc<File>,
+}
+
+struct OpenSegment {
+    header: SegmentHeader,
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+pub struct LogWriter {
+    config: LogConfig,
+    op_token: Token,
+    segment: OpenSegment,
+    /// Earlier segments, oldest first, for retention.
+    older_segments: Vec<(SegmentHeader, PathBuf)>,
+    gathering: Gathering,
+    in_flight: Option<InFlight>,
+    spare_bufs: Vec<AlignedBuf>,
+    lsn_appended: Lsn,
+    lsn_hardened: Lsn,
+    waiters: HardenedWaiters,
+    space_waiters: Vec<Token>,
+    failed: Option<String>,
+    preparer: SegmentPreparer,
+    inbox: Arc<RemoteInbox>,
+    deferred_remote: Option<AppendRequest>,
+    pub stats: LogStats,
+}
+
+impl LogWriter {
+    /// Recovers the log in `config.dir` (creating it if new) and readies it for appending.
+    /// `op_token` is the ring token of this log's writes.
+    pub fn open(config: LogConfig, op_token: Token) -> Result<(Self, RecoveryReport)> {
+        segment::validate_segment_size(config.segment_size).map_err(Error::Config)?;
+        std::fs::create_dir_all(&config.dir)
+            .context(|| format!("create {}", config.dir.display()))?;
+        crate::io::probe::check_direct_io(&config.dir)?;
+        segment::remove_temporary_files(&config.dir)?;
+        let mut report = recovery::scan(&config.dir, Some(config.db_id), |_, _| {})?;
+        if let Some(last) = report.last_epoch {
+            if last > config.epoch {
+                return Err(Error::Config(format!(
+                    "the log already holds records of {last}; cannot append with the lower {}",
+                    config.epoch
+                )));
+            }
+        }
+        let preparer = SegmentPreparer::start(&config.dir)?;
+        if report.segments.is_empty() {
+            let header =
+                SegmentHeader::new(config.db_id, Lsn::ZERO, config.segment_size, config.epoch);
+            let path = preparer.take(header)?;
+            report.segments.push(recovery::SegmentInfo {
+                path,
+                header,
+                file_len: header.segment_size,
+            });
+        }
+        let end = report.end_lsn;
+        // The segment holding the end; segments after it hold no valid record (recovery proved
+        // that) and are removed so the stream continues without a gap.
+        let current = report
+            .segments
+            .iter()
+            .position(|s| end < s.header.end_lsn())
+            .unwrap_or(report.segments.len() - 1);
+        for later in &report.segments[current + 1..] {
+            std::fs::remove_file(&later.path)
+                .context(|| format!("remove {}", later.path.display()))?;
+        }
+        let info = report.segments[current].clone();
+        repair_tail(&info, &report)?;
+        let older_segments = report.segments[..current]
+            .iter()
+            .map(|s| (s.header, s.path.clone()))
+            .collect();
+        let file = Arc::new(open_direct(&info.path)?);
+        let gathering = Gathering {
+            buf: AlignedBuf::new(LOG_BUFFER_SIZE),
+            start_lsn: end.block_floor().max(info.header.first_lsn),
+            batch_lsn: end,
+            sealed: false,
+            records: 0,
+        };
+        let hardened = Arc::new(HardenedLsn::new(end));
+        let inbox = Arc::new(RemoteInbox {
+            queue: BoundedQueue::new(APPEND_QUEUE_CAPACITY),
+            doorbell: Doorbell::new()?,
+            hardened,
+        });
+        let mut writer = Self {
+            op_token,
+            segment: OpenSegment {
+                header: info.header,
+                path: info.path.clone(),
+                file,
+            },
+            older_segments,
+            gathering,
+            in_flight: None,
+            spare_bufs: (1..LOG_BUFFERS_PER_LOG)
+                .map(|_| AlignedBuf::new(LOG_BUFFER_SIZE))
+                .collect(),
+            lsn_appended: end,
+            lsn_hardened: end,
+            waiters: HardenedWaiters::default(),
+            space_waiters: Vec::new(),
+            failed: None,
+            preparer,
+            inbox,
+            deferred_remote: None,
+            stats: LogStats::default(),
+            config,
+        };
+        // Carry the partly filled last block so the next write rewrites it whole.
+        let carry = end.since(writer.gathering.start_lsn) as usize;
+        if carry > 0 {
+            let offset = writer.file_offset(writer.gathering.start_lsn);
+            writer.gathering.buf.set_len(BLOCK_SIZE);
+            writer
+                .segment
+                .file
+                .read_exact_at(&mut writer.gathering.buf[..BLOCK_SIZE], offset)
+                .context(|| format!("read last block of {}", info.path.display()))?;
+            writer.gathering.buf.set_len(carry);
+        }
+        if end == writer.segment.header.end_lsn() {
+            writer.gathering.sealed = true;
+            writer.rotate()?;
+        }
+        writer.preparer.request(writer.next_segment_header());
+        writer.validate();
+        Ok((writer, report))
+    }
+
+    fn file_offset(&self, lsn: Lsn) -> u64 {
+        SEGMENT_HEADER_SIZE as u64 + lsn.since(self.segment.header.first_lsn)
+    }
+
+    fn next_segment_header(&self) -> SegmentHeader {
+        SegmentHeader::new(
+            self.config.db_id,
+            self.segment.header.end_lsn(),
+            self.config.segment_size,
+            self.config.epoch,
+        )
+    }
+
+    pub fn db_id(&self) -> DbId {
+        self.config.db_id
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.config.epoch
+    }
+
+    pub fn lsn_appended(&self) -> Lsn {
+        self.lsn_appended
+    }
+
+    pub fn lsn_hardened(&self) -> Lsn {
+        self.lsn_hardened
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    pub fn write_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Whether appended records wait for a write (the shard must not sleep without submitting).
+    pub fn has_unwritten(&self) -> bool {
+        self.gathering.end_lsn() > self.gathering.batch_lsn || self.gathering.sealed
+    }
+
+    /// A handle for appending from other threads.
+    pub fn handle(&self) -> LogHandle {
+        LogHandle::new(self.inbox.clone())
+    }
+
+    /// The doorbell remote appenders ring; the shard keeps a read of its eventfd posted.
+    pub fn doorbell(&self) -> &Doorbell {
+        &self.inbox.doorbell
+    }
+
+    pub fn remote_pending(&self) -> bool {
+        self.deferred_remote.is_some() || self.inbox.queue.has_ready()
+    }
+
+    /// Appends one record; returns its end LSN (the LSN to wait for).
+    pub fn append(&mut self, kind: RecordKind, body: &[u8]) -> Result<Lsn, AppendError> {
+        if let Some(detail) = &self.failed {
+            return Err(AppendError::Failed(detail.clone()));
+        }
+        if body.len() > RECORD_BODY_SIZE_MAX {
+            return Err(AppendError::TooLarge {
+                size: body.len(),
+                max: RECORD_BODY_SIZE_MAX,
+            });
+        }
+        if self.gathering.sealed {
+            return Err(AppendError::Full);
+        }
+        let size = record::record_size(body.len());
+        let segment_end = self.segment.header.end_lsn();
+        if self.lsn_appended.add(size as u64) > segment_end {
+            self.seal_segment(segment_end);
+            return Err(AppendError::Full);
+        }
+        let at = self.gathering.buf.len();
+        if at + size > self.gathering.buf.capacity() {
+            return Err(AppendError::Full);
+        }
+        self.gathering.buf.set_len(at + size);
+        let lsn = self.lsn_appended;
+        record::encode(
+            &mut self.gathering.buf[at..at + size],
+            self.config.db_id,
+            lsn,
+            self.config.epoch,
+            self.gathering.batch_lsn,
+            kind,
+            body,
+        );
+        self.gathering.records += 1;
+        self.lsn_appended = lsn.add(size as u64);
+        Ok(self.lsn_appended)
+    }
+
+    /// Fills the rest of the segment with a padding record (when a header fits) and closes it.
+    fn seal_segment(&mut self, segment_end: Lsn) {
+        let remaining = segment_end.since(self.lsn_appended) as usize;
+        let at = self.gathering.buf.len();
+        if remaining >= RECORD_HEADER_SIZE {
+            if at + remaining > self.gathering.buf.capacity() {
+                return; // no room yet: the caller waits for space and retries
+            }
+            self.gathering.buf.set_len(at + remaining);
+            record::encode_padding(
+                &mut self.gathering.buf[at..at + remaining],
+                self.config.db_id,
+                self.lsn_appended,
+                self.config.epoch,
+                self.gathering.batch_lsn,
+            );
+            self.lsn_appended = segment_end;
+        } else {
+            // Too small for a header: recovery skips such a remainder.
+            self.lsn_appended = segment_end;
+        }
+        self.gathering.sealed = true;
+    }
+
+    /// Registers `token` to be woken when the log is hardened to `lsn`. Returns true (and
+    /// registers nothing) if it already is.
+    pub fn wait_hardened(&mut self, lsn: Lsn, token: Token) -> bool {
+        if lsn <= self.lsn_hardened {
+            return true;
+        }
+        self.waiters.push(lsn, token);
+        false
+    }
+
+    /// Registers `token` to be woken (with `Wake::Space`) when the next write completes.
+    pub fn wait_for_space(&mut self, token: Token) {
+        self.space_waiters.push(token);
+    }
+
+    /// Appends queued requests from other threads.
+    pub fn drain_remote(&mut self) {
+        loop {
+            let Some(request) = self
+                .deferred_remote
+                .take()
+                .or_else(|| self.inbox.queue.pop())
+            else {
+                return;
+            };
+            match self.append(request.kind, &request.body) {
+                Ok(end) => request.reply.set(Ok(end)),
+                Err(AppendError::Full) => {
+                    self.deferred_remote = Some(request);
+                    return;
+                }
+                Err(AppendError::TooLarge { size, max }) => request
+                    .reply
+                    .set(Err(format!("record of {size} bytes exceeds {max}"))),
+                Err(AppendError::Failed(detail)) => request.reply.set(Err(detail)),
+            }
+        }
+    }
+
+    /// Starts the next group-commit write if none is in flight and records are waiting.
+    /// Returns true if a write was submitted.
+    pub fn submit(&mut self, ring: &mut Ring) -> Result<bool> {
+        if self.in_flight.is_some() || self.failed.is_some() {
+            return Ok(false);
+        }
+        let end = self.gathering.end_lsn();
+        if end == self.gathering.batch_lsn {
+            if self.gathering.sealed {
+                self.rotate()?;
+            }
+            return Ok(false);
+        }
+        let segment_end = self.segment.header.end_lsn();
+        let closes_segment = self.gathering.sealed || end == segment_end;
+        let mut next = self
+            .spare_bufs
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::new(LOG_BUFFER_SIZE));
+        let len = self.gathering.buf.len();
+        let next_start = if closes_segment {
+            end
+        } else {
+            end.block_floor()
+        };
+        let carry = end.since(next_start) as usize;
+        next.set_len(carry);
+        next[..carry].copy_from_slice(&self.gathering.buf[len - carry..len]);
+
+        let write_len = len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        self.gathering.buf.set_len(write_len);
+        self.gathering.buf[len..write_len].fill(0);
+        let offset = self.file_offset(self.gathering.start_lsn);
+        let records = self.gathering.records;
+        let gathered = std::mem::replace(
+            &mut self.gathering,
+            Gathering {
+                buf: next,
+                start_lsn: next_start,
+                batch_lsn: end,
+                sealed: false,
+                records: 0,
+            },
+        );
+        let file = self.segment.file.clone();
+        ring.write_at(
+            file.as_raw_fd(),
+            gathered.buf,
+            write_len,
+            offset,
+            libc::RWF_DSYNC,
+            self.op_token,
+        )?;
+        self.in_flight = Some(InFlight {
+            end_lsn: end,
+            write_len,
+            records,
+            _file: file,
+        });
+        if closes_segment {
+            self.gathering.sealed = true;
+            self.rotate()?;
+        }
+        self.validate();
+        Ok(true)
+    }
+
+    /// Moves the gathering buffer to the next segment (the current one is full or sealed).
+    fn rotate(&mut self) -> Result<()> {
+        debug_assert!(self.gathering.sealed);
+        let header = self.next_segment_header();
+        let path = match self.preparer.take(header) {
+            Ok(path) => path,
+            Err(e) => {
+                self.fail(e.to_string());
+                return Err(e);
+            }
+        };
+        let file = Arc::new(open_direct(&path)?);
+        let old = std::mem::replace(&mut self.segment, OpenSegment { header, path, file });
+        self.older_segments.push((old.header, old.path));
+        let start = header.first_lsn;
+        self.lsn_appended = self.lsn_appended.max(start);
+        self.gathering.buf.set_len(0);
+        self.gathering.start_lsn = start;
+        self.gathering.batch_lsn = start;
+        self.gathering.sealed = false;
+        self.preparer.request(self.next_segment_header());
+        Ok(())
+    }
+
+    /// Takes the completion of this log's write. Wakes go to `wakes`.
+    pub fn complete(&mut self, mut completion: Completion, wakes: &mut Vec<Wake>) {
+        let in_flight = self
+            .in_flight
+            .take()
+            .expect("log write completion without a write in flight");
+        if let Some(buf) = completion.buf.take() {
+            self.spare_bufs.push(buf);
+        }
+        self.stats.writes += 1;
+        if self.config.faults.fail_write_number == Some(self.stats.writes) {
+            completion.result = -libc::EIO;
+        }
+        if completion.result != in_flight.write_len as i32 {
+            let detail = if completion.result < 0 {
+                format!(
+                    "log write to {} failed: {}",
+                    self.segment.path.display(),
+                    std::io::Error::from_raw_os_error(-completion.result)
+                )
+            } else {
+                format!(
+                    "short log write to {}: {} of {} bytes",
+                    self.segment.path.display(),
+                    completion.result,
+                    in_flight.write_len
+                )
+            };
+            self.fail(detail);
+            self.collect_failed(wakes);
+            return;
+        }
+        self.lsn_hardened = in_flight.end_lsn;
+        self.stats.records_hardened += in_flight.records;
+        self.stats.bytes_written += in_flight.write_len as u64;
+        self.stats.records_per_write_max = self.stats.records_per_write_max.max(in_flight.records);
+        self.inbox.hardened.publish(self.lsn_hardened);
+        let mut tokens = Vec::new();
+        self.waiters.take_satisfied(self.lsn_hardened, &mut tokens);
+        wakes.extend(tokens.into_iter().map(Wake::Hardened));
+        wakes.extend(self.space_waiters.drain(..).map(Wake::Space));
+        self.validate();
+    }
+
+    /// A failed write or flush is fatal for this log: the page cache may have dropped the data,
+    /// so retrying would lie (fsync(2), ERRORS; the 2018 "fsyncgate" discussion).
+    fn fail(&mut self, detail: String) {
+        eprintln!(
+            "mirrorlog: database {}: {detail}; the log is now failed",
+            self.config.db_id
+        );
+        self.failed = Some(detail);
+        self.inbox.hardened.fail();
+    }
+
+    fn collect_failed(&mut self, wakes: &mut Vec<Wake>) {
+        let mut tokens = Vec::new();
+        self.waiters.take_all(&mut tokens);
+        tokens.append(&mut self.space_waiters);
+        wakes.extend(tokens.into_iter().map(Wake::Failed));
+        if let Some(request) = self.deferred_remote.take() {
+            request
+                .reply
+                .set(Err(self.failed.clone().unwrap_or_default()));
+        }
+    }
+
+    /// Segments whose every record is below `lsn` are no longer needed (checkpoints and the mirror
+    /// will set this); they are recycled or removed in the background.
+    pub fn set_retention_lsn(&mut self, lsn: Lsn) {
+        let lsn = lsn.min(self.lsn_hardened);
+        while let Some((header, _)) = self.older_segments.first() {
+            if header.end_lsn() > lsn {
+                break;
+            }
+            let (_, path) = self.older_segments.remove(0);
+            self.preparer.retire(path);
+        }
+    }
+
+    /// Segment files currently part of the log, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.older_segments
+            .iter()
+            .map(|(_, p)| p.clone())
+            .chain(std::iter::once(self.segment.path.clone()))
+            .collect()
+    }
+
+    /// Waits for background segment work (tests).
+    pub fn drain_background(&self) {
+        self.preparer.drain();
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Checks the LSN ordering invariants (cheap; on in release builds).
+    pub fn validate(&self) {
+        let in_flight_end = self
+            .in_flight
+            .as_ref()
+            .map(|f| f.end_lsn)
+            .unwrap_or(self.lsn_hardened);
+        assert!(
+            self.lsn_hardened <= in_flight_end,
+            "hardened {} beyond in-flight end {}",
+            self.lsn_hardened,
+            in_flight_end
+        );
+        assert!(
+            in_flight_end <= self.gathering.batch_lsn
+                || self.gathering.batch_lsn == self.segment.header.first_lsn,
+            "in-flight end beyond gathering start"
+        );
+        assert!(
+            self.gathering.end_lsn() <= self.lsn_appended,
+            "gathering end beyond appended"
+        );
+        assert!(
+            self.lsn_appended <= self.segment.header.end_lsn(),
+            "appended beyond segment end"
+        );
+    }
+}
+
+/// Before appending after a torn tail: zero everything the torn write can have touched after the
+/// cut (keeping the bytes before it in its block), and give a short segment file its full size.
+fn repair_tail(info: &recovery::SegmentInfo, report: &RecoveryReport) -> Result<()> {
+    let path = &info.path;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .context(|| format!("open {}", path.display()))?;
+    let mut changed = false;
+    if info.file_len < info.header.segment_size {
+        file.set_len(info.header.segment_size)
+            .context(|| format!("extend {}", path.display()))?;
+        changed = true;
+    }
+    if let Some(torn) = report.torn_tail {
+        eprintln!(
+            "mirrorlog: {}: torn tail cut at {} ({:?}); {} valid record(s) of the unacknowledged last write discarded",
+            path.display(),
+            torn.cut_at,
+            torn.observation,
+            torn.valid_records_discarded
+        );
+        let from = SEGMENT_HEADER_SIZE as u64 + torn.cut_at.since(info.header.first_lsn);
+        let to = SEGMENT_HEADER_SIZE as u64
+            + recovery::torn_window_end(torn.cut_at, info.header.end_lsn())
+                .since(info.header.first_lsn);
+        let zeros = vec![0u8; (to - from) as usize];
+        file.write_all_at(&zeros, from)
+            .context(|| format!("zero torn tail of {}", path.display()))?;
+        changed = true;
+    }
+    if changed {
+        file.sync_all()
+            .context(|| format!("fsync {}", path.display()))?;
+    }
+    Ok(())
+}
