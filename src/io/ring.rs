@@ -29,6 +29,9 @@ pub struct OpId(u32);
 /// Set in a SEND_ZC notification's result when the kernel copied instead (io_uring_enter(2)).
 const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 
+/// Asks SEND_ZC to report in its notification whether it copied (io_uring_enter(2)).
+const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+
 /// `user_data` tags outside the slot index space.
 const USER_DATA_CANCEL: u64 = u64::MAX;
 /// A message from another ring (IORING_OP_MSG_RING) carries this bit in its `user_data`.

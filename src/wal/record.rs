@@ -3,7 +3,7 @@
 //! ```text
 //! offset size field
 //!      0    4 header_crc  CRC32C of (database id, little-endian u64) ++ header bytes 4..40
-//!      4    4 body_crc    CRC32C of the body
+//!      4    4 body_crc    CRC32C of the body and its alignment padding (every byte is covered)
 //!      8    8 lsn         position of this record in the log stream (must equal where it is read)
 //!     16    8 epoch       role sequence of the writer
 //!     24    8 batch_lsn   where the group-commit batch holding this record starts (recovery uses it
@@ -66,7 +66,7 @@ pub fn encode(
     let (header, rest) = out.split_at_mut(RECORD_HEADER_SIZE);
     rest[..body.len()].copy_from_slice(body);
     rest[body.len()..].fill(0);
-    header[4..8].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    header[4..8].copy_from_slice(&crc32c::crc32c(rest).to_le_bytes());
     header[8..16].copy_from_slice(&lsn.0.to_le_bytes());
     header[16..24].copy_from_slice(&epoch.0.to_le_bytes());
     header[24..32].copy_from_slice(&batch_lsn.0.to_le_bytes());
@@ -157,16 +157,11 @@ pub fn check(bytes: &[u8], db_id: DbId, lsn: Lsn) -> RecordCheck {
         return RecordCheck::WrongLsn(header);
     }
     let size = record_size(header.body_len as usize);
-    let Some(body) = bytes.get(RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + header.body_len as usize)
-    else {
+    let Some(body_and_padding) = bytes.get(RECORD_HEADER_SIZE..size) else {
         return RecordCheck::Truncated;
     };
-    if bytes.len() < size || crc32c::crc32c(body) != header.body_crc {
-        return if bytes.len() < size {
-            RecordCheck::Truncated
-        } else {
-            RecordCheck::BadBody(header)
-        };
+    if crc32c::crc32c(body_and_padding) != header.body_crc {
+        return RecordCheck::BadBody(header);
     }
     RecordCheck::Valid(header)
 }

@@ -137,7 +137,7 @@ pub struct TornTail {
 }
 
 /// Reads and checks every segment of `dir`. `visit` sees each valid record (header and body) in
-/// order. Corruption and refused segments are errors; a torn tail is reported, not repaired (the
+/// order, except the log's own padding records. Corruption and refused segments are errors; a torn tail is reported, not repaired (the
 /// writer repairs it on open, see `LogWriter::open`).
 pub fn scan(
     dir: &Path,
@@ -214,8 +214,10 @@ pub fn scan(
             };
             if let RecordCheck::Valid(header) = checked {
                 if observation == Observation::Valid {
-                    visit(&header, record::body(available, &header));
-                    report.records += 1;
+                    if header.kind != RecordKind::PADDING {
+                        visit(&header, record::body(available, &header));
+                        report.records += 1;
+                    }
                     report.last_epoch = Some(header.epoch);
                     offset += record::record_size(header.body_len as usize);
                     report.end_lsn = segment.header.first_lsn.add(offset as u64);
@@ -318,11 +320,6 @@ pub fn torn_window_end(cut_at: Lsn, segment_end: Lsn) -> Lsn {
         .block_floor()
         .add((LOG_BUFFER_SIZE + BLOCK_SIZE) as u64);
     end.min(segment_end)
-}
-
-/// Whether the record kind is one the log itself writes.
-pub fn is_padding(header: &RecordHeader) -> bool {
-    header.kind == RecordKind::PADDING
 }
 
 #[cfg(test)]
