@@ -173,6 +173,7 @@ fn send_zc_returns_the_buffer_only_with_its_notification() {
         unreachable!()
     };
     assert_eq!(ring.zc_copied_notifications, copied as u64);
+    eprintln!("send_zc on loopback: kernel reported copied = {copied}");
     let mut got = 0;
     while got < 8192 {
         ring.recv(server.as_raw_fd(), AlignedBuf::new(16384), 2)
@@ -248,14 +249,30 @@ fn doorbell_wakes_a_sleeping_ring_through_its_eventfd() {
     let doorbell = Arc::new(Doorbell::new().unwrap());
     let mut ring = Ring::new(8).unwrap();
     ring.read_eventfd(doorbell.eventfd(), 7).unwrap();
-    doorbell.prepare_to_sleep();
+    let observed = doorbell.observe();
+    assert!(doorbell.try_sleep(observed));
     let remote = doorbell.clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
         assert!(remote.ring(), "the ring was asleep");
-        assert!(!remote.ring(), "one wake-up per sleep");
+        assert!(!remote.ring(), "one eventfd write per sleep");
     });
     let c = wait_for(&mut ring, 7);
     assert_eq!(c.result, 8);
     t.join().unwrap();
+}
+
+#[test]
+fn doorbell_refuses_sleep_after_a_ring_since_observation() {
+    let doorbell = mirrorlog::io::doorbell::Doorbell::without_eventfd();
+    let observed = doorbell.observe();
+    assert!(!doorbell.ring(), "nobody sleeps yet");
+    assert!(
+        !doorbell.try_sleep(observed),
+        "work arrived after the observation"
+    );
+    let observed = doorbell.observe();
+    assert!(doorbell.try_sleep(observed));
+    doorbell.awake();
+    assert!(!doorbell.ring());
 }

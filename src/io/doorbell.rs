@@ -1,21 +1,28 @@
 //! Waking a shard thread that sleeps in io_uring_enter from a thread that has no ring.
 //!
-//! The shard keeps a read of an eventfd posted on its ring. Producers push work into a queue and
-//! then ring the doorbell; to avoid an eventfd write per item, the shard announces that it is about
-//! to sleep (`sleeping = true`), re-checks its queues, and only then blocks. A producer writes the
-//! eventfd only when it sees `sleeping` set. Both sides use SeqCst for the flag and the queue check
-//! (a store followed by a load on each side: the Dekker pattern), which the loom model
-//! `doorbell_no_lost_wakeup` checks.
+//! The shard keeps a read of an eventfd posted on its ring. To avoid an eventfd write per item,
+//! the doorbell is an event count: one atomic word holding a count of rings and a SLEEPING bit.
+//! - The shard reads the word (`observe`), drains its queues, and goes to sleep only if it can swap
+//!   the very word it observed for the same word with SLEEPING set (`try_sleep`). A ring that
+//!   happened in between changed the count, so the swap fails and the shard drains again.
+//! - A producer publishes its work, then increments the count (`ring`); if the word it replaced had
+//!   SLEEPING set, it writes the eventfd.
+//!
+//! Every step is a read-modify-write of the one word, so the steps are totally ordered without
+//! relying on SeqCst store/load pairs across two locations (the Dekker pattern, which loom does
+//! not model and which is easy to get wrong). `loom-tests/` checks that no wake-up is lost.
 //!
 //! Shard-to-shard wake-ups use IORING_OP_MSG_RING instead (`Ring::msg_ring`).
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use crate::error::{IoContext, Result};
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicU64, Ordering};
+
+const SLEEPING: u64 = 1 << 63;
 
 pub struct Doorbell {
-    sleeping: AtomicBool,
+    word: AtomicU64,
     eventfd: Option<OwnedFd>,
 }
 
@@ -28,15 +35,15 @@ impl Doorbell {
         }
         // SAFETY: fd is a fresh descriptor we own.
         Ok(Self {
-            sleeping: AtomicBool::new(false),
+            word: AtomicU64::new(0),
             eventfd: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
         })
     }
 
-    /// A doorbell without an eventfd, for models and tests of the flag protocol alone.
+    /// A doorbell without an eventfd: `ring` only reports whether a write would be due (models).
     pub fn without_eventfd() -> Self {
         Self {
-            sleeping: AtomicBool::new(false),
+            word: AtomicU64::new(0),
             eventfd: None,
         }
     }
@@ -46,33 +53,61 @@ impl Doorbell {
         self.eventfd.as_ref().map(|fd| fd.as_raw_fd()).unwrap_or(-1)
     }
 
-    /// Shard side, before blocking: announce sleep. The caller must re-check its queues after this
-    /// and call `awake` instead of sleeping if it finds work.
-    pub fn prepare_to_sleep(&self) {
-        self.sleeping.store(true, Ordering::SeqCst);
+    /// Shard side, before draining its queues: the word to pass to `try_sleep`.
+    pub fn observe(&self) -> u64 {
+        self.word.load(Ordering::Acquire) & !SLEEPING
     }
 
-    /// Shard side, after waking (or when the re-check found work).
+    /// Shard side, after draining: true if the shard may sleep (no ring since `observed`); the
+    /// SLEEPING bit is then set and the next ring writes the eventfd.
+    pub fn try_sleep(&self, observed: u64) -> bool {
+        self.word
+            .compare_exchange(
+                observed,
+                observed | SLEEPING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Shard side, after waking.
     pub fn awake(&self) {
-        self.sleeping.store(false, Ordering::SeqCst);
+        self.word.fetch_and(!SLEEPING, Ordering::AcqRel);
     }
 
-    /// Producer side, after publishing work: returns true if the shard was asleep and had to be
-    /// woken (the eventfd was written).
+    /// Producer side, after publishing work. Returns true if the shard was asleep and the eventfd
+    /// was (or, without one, would be) written.
     pub fn ring(&self) -> bool {
-        if !self.sleeping.load(Ordering::SeqCst) {
-            return false;
+        // Clear SLEEPING while counting, so that one sleep costs one eventfd write.
+        let mut current = self.word.load(Ordering::Acquire);
+        loop {
+            let next = (current & !SLEEPING).wrapping_add(1) & !SLEEPING;
+            match self.word.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(previous) => {
+                    let was_sleeping = previous & SLEEPING != 0;
+                    if was_sleeping {
+                        self.write_eventfd();
+                    }
+                    return was_sleeping;
+                }
+                Err(actual) => current = actual,
+            }
         }
-        if !self.sleeping.swap(false, Ordering::SeqCst) {
-            return false; // another producer woke it
-        }
+    }
+
+    fn write_eventfd(&self) {
         if let Some(fd) = &self.eventfd {
             use std::os::fd::AsRawFd;
             let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. A failure (counter
-            // overflow) cannot happen with at most one pending wake-up per sleep.
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. It cannot fail with a
+            // counter this far from overflow.
             unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
         }
-        true
     }
 }

@@ -294,6 +294,7 @@ impl Ring {
         let ptr = unsafe { Self::held_buf_ptr(&mut held).add(start) };
         let entry = opcode::SendZc::new(types::Fd(socket), ptr, len as u32)
             .flags(libc::MSG_NOSIGNAL)
+            .zc_flags(IORING_SEND_ZC_REPORT_USAGE)
             .build();
         self.submit_entry(entry, token, held)
     }

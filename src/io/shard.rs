@@ -24,8 +24,7 @@ pub trait ShardWork {
     fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool>;
     /// One completion (never the doorbell's).
     fn complete(&mut self, ring: &mut Ring, completion: Completion) -> Result<()>;
-    /// Work that arrived without a completion (a cross-thread queue). Checked after
-    /// `Doorbell::prepare_to_sleep` so that no wake-up is lost.
+    /// Work that is ready without a completion: the loop does not sleep while this is true.
     fn has_pending(&self) -> bool {
         false
     }
@@ -69,15 +68,15 @@ pub fn run(ring: &mut Ring, work: &mut impl ShardWork) -> Result<()> {
     }
     let mut completions = Vec::with_capacity(RING_ENTRIES as usize);
     loop {
+        // Observe the doorbell before `before_sleep` drains the cross-thread queues: a ring after
+        // this point makes `try_sleep` fail (see `Doorbell`).
+        let observed = work.doorbell().map(|d| d.observe());
         if !work.before_sleep(ring)? {
             return Ok(());
         }
-        let mut sleep = true;
-        if let Some(doorbell) = work.doorbell() {
-            doorbell.prepare_to_sleep();
-            if work.has_pending() {
-                sleep = false;
-            }
+        let mut sleep = !work.has_pending();
+        if let (Some(doorbell), Some(observed)) = (work.doorbell(), observed) {
+            sleep = sleep && doorbell.try_sleep(observed);
         }
         if sleep && ring.in_flight() > 0 {
             ring.submit_and_wait(1)?;

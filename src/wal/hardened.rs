@@ -1,17 +1,21 @@
 //! The hardened-LSN watermark as seen from other threads.
 //!
 //! The shard thread that owns a log publishes each new hardened LSN; any thread may wait for an
-//! LSN to be covered. Lost wake-ups are excluded by the store/load pairs being SeqCst on both sides
-//! (a waiter registers, then re-reads the value under the lock; the publisher stores the value,
-//! then reads the waiter count, and notifies under the lock). `loom-tests/` checks it.
+//! LSN to be covered. One atomic word holds the LSN and two flags: WAITERS (someone may be asleep)
+//! and FAILED. A waiter sets WAITERS with a read-modify-write while holding the lock, checks the
+//! LSN it got back, and only then sleeps; the publisher swaps in the new LSN (clearing WAITERS) and,
+//! if WAITERS was set, notifies under the lock. All steps on the word are read-modify-writes, so no
+//! publication slips between a waiter's check and its sleep. `loom-tests/` checks it.
 
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
 use crate::wal::Lsn;
 
+const WAITERS: u64 = 1 << 63;
+const FAILED: u64 = 1 << 62;
+const LSN_MASK: u64 = FAILED - 1;
+
 pub struct HardenedLsn {
-    value: AtomicU64,
-    failed: AtomicBool,
-    waiters: AtomicUsize,
+    word: AtomicU64,
     lock: Mutex<()>,
     cond: Condvar,
 }
@@ -21,61 +25,61 @@ pub struct LogFailed;
 
 impl HardenedLsn {
     pub fn new(initial: Lsn) -> Self {
+        assert!(initial.0 <= LSN_MASK);
         Self {
-            value: AtomicU64::new(initial.0),
-            failed: AtomicBool::new(false),
-            waiters: AtomicUsize::new(0),
+            word: AtomicU64::new(initial.0),
             lock: Mutex::new(()),
             cond: Condvar::new(),
         }
     }
 
     pub fn get(&self) -> Lsn {
-        Lsn(self.value.load(Ordering::Acquire))
+        Lsn(self.word.load(Ordering::Acquire) & LSN_MASK)
     }
 
-    /// Owner side: the log is hardened up to `lsn` (never lower than before).
+    /// Owner side: the log is hardened up to `lsn` (never lower than before, never after `fail`).
     pub fn publish(&self, lsn: Lsn) {
-        let previous = self.value.swap(lsn.0, Ordering::SeqCst);
-        debug_assert!(
-            previous <= lsn.0,
-            "hardened LSN went back from {previous} to {}",
-            lsn.0
-        );
-        self.notify();
+        assert!(lsn.0 <= LSN_MASK);
+        let previous = self.word.swap(lsn.0, Ordering::AcqRel);
+        debug_assert!(previous & FAILED == 0, "publish after fail");
+        debug_assert!(previous & LSN_MASK <= lsn.0, "hardened LSN went back");
+        if previous & WAITERS != 0 {
+            self.notify();
+        }
     }
 
     /// Owner side: the log failed; every waiter returns `Err(LogFailed)`.
     pub fn fail(&self) {
-        self.failed.store(true, Ordering::SeqCst);
-        self.notify();
+        let previous = self.word.fetch_or(FAILED, Ordering::AcqRel);
+        if previous & WAITERS != 0 {
+            self.notify();
+        }
     }
 
     fn notify(&self) {
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = self.lock.lock().unwrap();
-            self.cond.notify_all();
-        }
+        let _guard = self.lock.lock().unwrap();
+        self.cond.notify_all();
     }
 
-    /// Blocks until the log is hardened at least to `lsn`.
+    /// Blocks until the log is hardened at least to `lsn`, or has failed.
     pub fn wait_for(&self, lsn: Lsn) -> Result<(), LogFailed> {
-        if self.value.load(Ordering::Acquire) >= lsn.0 {
+        let word = self.word.load(Ordering::Acquire);
+        if word & LSN_MASK >= lsn.0 {
             return Ok(());
         }
-        self.waiters.fetch_add(1, Ordering::SeqCst);
+        if word & FAILED != 0 {
+            return Err(LogFailed);
+        }
         let mut guard = self.lock.lock().unwrap();
-        let result = loop {
-            if self.value.load(Ordering::SeqCst) >= lsn.0 {
-                break Ok(());
+        loop {
+            let word = self.word.fetch_or(WAITERS, Ordering::AcqRel);
+            if word & LSN_MASK >= lsn.0 {
+                return Ok(());
             }
-            if self.failed.load(Ordering::SeqCst) {
-                break Err(LogFailed);
+            if word & FAILED != 0 {
+                return Err(LogFailed);
             }
             guard = self.cond.wait(guard).unwrap();
-        };
-        drop(guard);
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        result
+        }
     }
 }
