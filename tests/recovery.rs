@@ -68,7 +68,7 @@ fn zero_range(path: &Path, from: u64, to: u64) {
 }
 
 fn end_of(h: &RecordHeader) -> Lsn {
-    h.lsn.add(record::record_size(h.body_len as usize) as u64)
+    h.lsn.advance(record::record_size(h.body_len as usize) as u64)
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn a_torn_write_with_a_hole_is_cut_and_its_stale_records_never_come_back() {
     // One big last batch spanning several blocks.
     let hs = log_with_batches(dir.path(), 2, 60, 500);
     let last_batch = hs[60].batch_lsn;
-    let hole_block = last_batch.block_floor().add(2 * BLOCK_SIZE as u64);
+    let hole_block = last_batch.block_floor().advance(2 * BLOCK_SIZE as u64);
     let seg = first_segment(dir.path());
     zero_range(
         &seg,
@@ -159,7 +159,7 @@ fn a_torn_write_with_a_hole_is_cut_and_its_stale_records_never_come_back() {
     );
     let report = recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}).unwrap();
     let torn = report.torn_tail.expect("torn");
-    assert!(torn.cut_at >= last_batch && torn.cut_at < hole_block.add(BLOCK_SIZE as u64));
+    assert!(torn.cut_at >= last_batch && torn.cut_at < hole_block.advance(BLOCK_SIZE as u64));
     assert!(
         torn.valid_records_discarded > 0,
         "valid records of the same batch lie after the hole"

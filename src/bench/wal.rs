@@ -175,7 +175,7 @@ impl ShardWork for Committers {
             self.stopping = true;
         }
         self.log.submit(ring)?;
-        Ok(!(self.stopping && !self.log.write_in_flight()))
+        Ok(!self.stopping || self.log.write_in_flight())
     }
 
     fn complete(&mut self, _ring: &mut Ring, completion: Completion) -> Result<()> {

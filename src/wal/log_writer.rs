@@ -122,7 +122,7 @@ struct Gathering {
 
 impl Gathering {
     fn end_lsn(&self) -> Lsn {
-        self.start_lsn.add(self.buf.len() as u64)
+        self.start_lsn.advance(self.buf.len() as u64)
     }
 }
 
@@ -338,7 +338,7 @@ impl LogWriter {
         }
         let size = record::record_size(body.len());
         let segment_end = self.segment.header.end_lsn();
-        if self.lsn_appended.add(size as u64) > segment_end {
+        if self.lsn_appended.advance(size as u64) > segment_end {
             self.seal_segment(segment_end);
             return Err(AppendError::Full);
         }
@@ -358,7 +358,7 @@ impl LogWriter {
             body,
         );
         self.gathering.records += 1;
-        self.lsn_appended = lsn.add(size as u64);
+        self.lsn_appended = lsn.advance(size as u64);
         Ok(self.lsn_appended)
     }
 

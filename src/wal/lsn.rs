@@ -10,7 +10,7 @@ pub struct Lsn(pub u64);
 impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
 
-    pub fn add(self, bytes: u64) -> Lsn {
+    pub fn advance(self, bytes: u64) -> Lsn {
         Lsn(self.0.checked_add(bytes).expect("LSN overflow"))
     }
 

@@ -198,7 +198,7 @@ pub fn scan(
         let data_size = segment.header.data_size() as usize;
         let mut offset = 0usize;
         while offset + RECORD_HEADER_SIZE <= data_size {
-            let lsn = segment.header.first_lsn.add(offset as u64);
+            let lsn = segment.header.first_lsn.advance(offset as u64);
             let available = &data[offset.min(data.len())..data.len().min(data_size)];
             let checked = record::check(available, db_id, lsn);
             let observation = match checked {
@@ -220,7 +220,7 @@ pub fn scan(
                     }
                     report.last_epoch = Some(header.epoch);
                     offset += record::record_size(header.body_len as usize);
-                    report.end_lsn = segment.header.first_lsn.add(offset as u64);
+                    report.end_lsn = segment.header.first_lsn.advance(offset as u64);
                     continue;
                 }
             }
@@ -288,7 +288,7 @@ fn search_evidence(
         let data = &data[..data.len().min(segment.header.data_size() as usize)];
         let mut at = if i == index { offset + RECORD_ALIGN } else { 0 };
         while at + RECORD_HEADER_SIZE <= data.len() {
-            let lsn = segment.header.first_lsn.add(at as u64);
+            let lsn = segment.header.first_lsn.advance(at as u64);
             // Cheap filter first: the LSN field must name this very position.
             if data[at + 8..at + 16] == lsn.0.to_le_bytes() {
                 if let RecordCheck::Valid(h) = record::check(&data[at..], db_id, lsn) {
@@ -318,7 +318,7 @@ fn search_evidence(
 pub fn torn_window_end(cut_at: Lsn, segment_end: Lsn) -> Lsn {
     let end = cut_at
         .block_floor()
-        .add((LOG_BUFFER_SIZE + BLOCK_SIZE) as u64);
+        .advance((LOG_BUFFER_SIZE + BLOCK_SIZE) as u64);
     end.min(segment_end)
 }
 

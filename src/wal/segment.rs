@@ -54,7 +54,7 @@ impl SegmentHeader {
     }
 
     pub fn end_lsn(&self) -> Lsn {
-        self.first_lsn.add(self.data_size())
+        self.first_lsn.advance(self.data_size())
     }
 
     /// The header block.

@@ -49,9 +49,8 @@ pub fn append_batch(log: &mut LogWriter, ring: &mut Ring, bodies: &[Vec<u8>]) ->
                     break;
                 }
                 Err(AppendError::Full) => {
-                    if !log.submit(ring).unwrap() && log.write_in_flight() {
-                        complete_one(log, ring, &mut wakes);
-                    } else if log.write_in_flight() {
+                    log.submit(ring).unwrap();
+                    if log.write_in_flight() {
                         complete_one(log, ring, &mut wakes);
                     }
                 }
