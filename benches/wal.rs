@@ -24,7 +24,17 @@ fn record_codec(c: &mut Criterion) {
         let mut out = vec![0u8; record::record_size(size)];
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("encode", format!("size={size}")), &size, |b, _| {
-            b.iter(|| record::encode(black_box(&mut out), DbId(1), Lsn(4096), Epoch(1), Lsn(4096), RecordKind::DATA, black_box(&body)))
+            b.iter(|| {
+                record::encode(
+                    black_box(&mut out),
+                    DbId(1),
+                    Lsn(4096),
+                    Epoch(1),
+                    Lsn(4096),
+                    RecordKind::DATA,
+                    black_box(&body),
+                )
+            })
         });
         group.bench_with_input(BenchmarkId::new("check", format!("size={size}")), &size, |b, _| {
             b.iter(|| assert!(matches!(record::check(black_box(&out), DbId(1), Lsn(4096)), RecordCheck::Valid(_))))
@@ -38,7 +48,9 @@ fn crc(c: &mut Criterion) {
     for size in [64usize, 4096, 65536] {
         let data = vec![0x3cu8; size];
         group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(format!("size={size}")), &size, |b, _| b.iter(|| crc32c::crc32c(black_box(&data))));
+        group.bench_with_input(BenchmarkId::from_parameter(format!("size={size}")), &size, |b, _| {
+            b.iter(|| crc32c::crc32c(black_box(&data)))
+        });
     }
     group.finish();
 }
@@ -109,16 +121,20 @@ fn group_commit(c: &mut Criterion) {
         let mut ring = Ring::new(16).expect("ring");
         let body = vec![9u8; size];
         group.throughput(Throughput::Elements(clients as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(format!("clients={clients}/size={size}")), &clients, |b, &clients| {
-            let mut wakes = Vec::new();
-            b.iter(|| {
-                for client in 0..clients {
-                    let end = log.append(RecordKind::DATA, &body).expect("append");
-                    log.wait_hardened(end, client as u64);
-                }
-                flush_all(&mut log, &mut ring, &mut wakes);
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("clients={clients}/size={size}")),
+            &clients,
+            |b, &clients| {
+                let mut wakes = Vec::new();
+                b.iter(|| {
+                    for client in 0..clients {
+                        let end = log.append(RecordKind::DATA, &body).expect("append");
+                        log.wait_hardened(end, client as u64);
+                    }
+                    flush_all(&mut log, &mut ring, &mut wakes);
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -55,13 +55,10 @@ const _: () = assert!(RECORD_HEADER_SIZE % RECORD_ALIGN == 0);
 // A gathering buffer starts with at most one partly filled block carried over from the previous
 // batch; any single record (and a padding record, which is never larger than the record that
 // needs it) must still fit after it.
-const _: () =
-    assert!(BLOCK_SIZE + 2 * (RECORD_HEADER_SIZE + RECORD_BODY_SIZE_MAX) <= LOG_BUFFER_SIZE);
+const _: () = assert!(BLOCK_SIZE + 2 * (RECORD_HEADER_SIZE + RECORD_BODY_SIZE_MAX) <= LOG_BUFFER_SIZE);
 // A segment holds at least two records of the largest size (one may need a padding record).
-const _: () = assert!(
-    SEGMENT_SIZE_MIN as usize
-        >= SEGMENT_HEADER_SIZE + 2 * (RECORD_HEADER_SIZE + RECORD_BODY_SIZE_MAX)
-);
+const _: () =
+    assert!(SEGMENT_SIZE_MIN as usize >= SEGMENT_HEADER_SIZE + 2 * (RECORD_HEADER_SIZE + RECORD_BODY_SIZE_MAX));
 const _: () = assert!(SEGMENT_SIZE_MIN % BLOCK_SIZE as u64 == 0);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT % BLOCK_SIZE as u64 == 0);
 const _: () = assert!(APPEND_QUEUE_CAPACITY.is_power_of_two());

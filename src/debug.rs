@@ -85,12 +85,7 @@ impl ShardWork for AppendLoop {
         let hardened = self.log.lsn_hardened();
         for wake in &wakes {
             if let Wake::Hardened(client) = *wake {
-                writeln!(
-                    self.out,
-                    "ack {} {}",
-                    self.seq_of_client[client as usize], hardened.0
-                )
-                .ok();
+                writeln!(self.out, "ack {} {}", self.seq_of_client[client as usize], hardened.0).ok();
                 self.acked += 1;
             }
         }
@@ -135,7 +130,5 @@ pub fn append_loop(config: AppendLoopConfig) -> Result<()> {
         };
         shard::run(ring, &mut work)
     })?;
-    handle
-        .join()
-        .map_err(|_| Error::Config("append loop panicked".into()))?
+    handle.join().map_err(|_| Error::Config("append loop panicked".into()))?
 }

@@ -16,42 +16,23 @@ pub enum Error {
         source: io::Error,
     },
     #[error("io_uring is not available: {detail} (likely cause: {likely_cause})")]
-    IoUringUnavailable {
-        detail: String,
-        likely_cause: &'static str,
-    },
+    IoUringUnavailable { detail: String, likely_cause: &'static str },
     #[error("{path}: direct I/O (O_DIRECT) is not supported here: {detail} (likely cause: a file system without O_DIRECT such as tmpfs or overlayfs; put the data directory on ext4 or xfs)")]
     DirectIoUnsupported { path: PathBuf, detail: String },
     #[error("kernel {found} is too old: mirrorlog needs Linux {needed} or newer for {feature}")]
-    KernelTooOld {
-        found: String,
-        needed: &'static str,
-        feature: &'static str,
-    },
+    KernelTooOld { found: String, needed: &'static str, feature: &'static str },
     #[error("{path}: not a mirrorlog log segment (bad magic)")]
     SegmentBadMagic { path: PathBuf },
     #[error("{path}: segment header checksum mismatch (header is corrupt)")]
     SegmentHeaderCorrupt { path: PathBuf },
     #[error("{path}: segment format version {found} is not supported (this build reads version {supported})")]
-    SegmentVersionUnsupported {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    SegmentVersionUnsupported { path: PathBuf, found: u32, supported: u32 },
     #[error("{path}: segment belongs to database {found}, expected database {expected}")]
-    SegmentWrongDatabase {
-        path: PathBuf,
-        found: DbId,
-        expected: DbId,
-    },
+    SegmentWrongDatabase { path: PathBuf, found: DbId, expected: DbId },
     #[error("{path}: segment header is inconsistent: {detail}")]
     SegmentHeaderInvalid { path: PathBuf, detail: String },
     #[error("log has a gap: segment {path} starts at {found}, expected {expected}")]
-    SegmentGap {
-        path: PathBuf,
-        found: Lsn,
-        expected: Lsn,
-    },
+    SegmentGap { path: PathBuf, found: Lsn, expected: Lsn },
     #[error("log corruption at {lsn}: {detail} (valid records follow it, so this is not a torn tail; refusing to truncate acknowledged log)")]
     LogCorrupt { lsn: Lsn, detail: String },
     #[error("the log failed and refuses further work (a failed write or flush is fatal: the kernel may have dropped the data): {0}")]
@@ -64,10 +45,7 @@ pub enum Error {
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 }
 
@@ -78,9 +56,6 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            context: context(),
-            source,
-        })
+        self.map_err(|source| Error::Io { context: context(), source })
     }
 }

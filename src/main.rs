@@ -107,15 +107,7 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Bench(BenchCommand::Wal {
-            clients,
-            duration,
-            record_size,
-            dir,
-            segment_size,
-            floor_ops,
-            json,
-        }) => {
+        Command::Bench(BenchCommand::Wal { clients, duration, record_size, dir, segment_size, floor_ops, json }) => {
             mirrorlog::io::probe::check_io_uring()?;
             mirrorlog::io::probe::check_direct_io(&dir)?;
             anyhow::ensure!(duration > 0.0, "--duration must be positive");
@@ -167,13 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mirrorlog::io::probe::check_direct_io(&dir)?;
             println!("O_DIRECT on {}: ok", dir.display());
         }
-        Command::Debug(DebugCommand::AppendLoop {
-            dir,
-            clients,
-            segment_size,
-            body_size_max,
-            records,
-        }) => {
+        Command::Debug(DebugCommand::AppendLoop { dir, clients, segment_size, body_size_max, records }) => {
             mirrorlog::debug::append_loop(mirrorlog::debug::AppendLoopConfig {
                 dir,
                 clients,

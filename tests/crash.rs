@@ -27,16 +27,9 @@ fn next_random(state: &mut u64) -> u64 {
 fn every_acknowledged_record_survives_sigkill() {
     let dir = scratch();
     let log_dir = dir.path().join("log");
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
     eprintln!("crash test seed {seed} (set CRASH_SEED to reproduce the kill timing)");
     let mut rng = seed;
     let mut acked: BTreeSet<u64> = BTreeSet::new();
@@ -69,9 +62,7 @@ fn every_acknowledged_record_survives_sigkill() {
                 }
             }
         });
-        let ready = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("child ready");
+        let ready = rx.recv_timeout(Duration::from_secs(30)).expect("child ready");
         assert!(ready.starts_with("ready"), "round {round}: {ready}");
         let kill_after = Duration::from_millis(5 + next_random(&mut rng) % 120);
         let started = Instant::now();
@@ -87,9 +78,7 @@ fn every_acknowledged_record_survives_sigkill() {
             if parts.next() == Some("ack") {
                 // A line cut by the kill has no second field or a partial number: only whole
                 // lines count, and a partial number would only under-report.
-                if let (Some(seq), Some(_lsn)) =
-                    (parts.next().and_then(|s| s.parse().ok()), parts.next())
-                {
+                if let (Some(seq), Some(_lsn)) = (parts.next().and_then(|s| s.parse().ok()), parts.next()) {
                     acked.insert(seq);
                     acked_this_round += 1;
                 }
@@ -100,10 +89,7 @@ fn every_acknowledged_record_survives_sigkill() {
         let report = recovery::scan(&log_dir, Some(DbId(1)), |_, body| {
             assert!(body.len() >= 8);
             let seq = u64::from_le_bytes(body[..8].try_into().unwrap());
-            assert!(
-                body[8..].iter().all(|&b| b == (seq % 251) as u8),
-                "record {seq} body damaged"
-            );
+            assert!(body[8..].iter().all(|&b| b == (seq % 251) as u8), "record {seq} body damaged");
             seqs.push(seq);
         })
         .unwrap_or_else(|e| panic!("round {round}: recovery refused the log: {e}"));
@@ -114,19 +100,12 @@ fn every_acknowledged_record_survives_sigkill() {
         );
         let present: BTreeSet<u64> = seqs.iter().copied().collect();
         let missing: Vec<_> = acked.difference(&present).take(5).collect();
-        assert!(
-            missing.is_empty(),
-            "round {round}: acknowledged records lost: {missing:?} (seed {seed})"
+        assert!(missing.is_empty(), "round {round}: acknowledged records lost: {missing:?} (seed {seed})");
+        eprintln!(
+            "round {round}: killed after {kill_after:?}, {acked_this_round} acks this round, {} records in the log",
+            seqs.len()
         );
-        eprintln!("round {round}: killed after {kill_after:?}, {acked_this_round} acks this round, {} records in the log", seqs.len());
     }
-    assert!(
-        acked.len() > 1000,
-        "the load acknowledged only {} records",
-        acked.len()
-    );
-    eprintln!(
-        "{KILLS} kills, {} acknowledged records all present, {torn_tails} torn tails cut",
-        acked.len()
-    );
+    assert!(acked.len() > 1000, "the load acknowledged only {} records", acked.len());
+    eprintln!("{KILLS} kills, {} acknowledged records all present, {torn_tails} torn tails cut", acked.len());
 }

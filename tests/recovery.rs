@@ -14,18 +14,11 @@ use mirrorlog::wal::{DbId, Epoch, LogWriter, Lsn, RecordKind};
 use mirrorlog::Error;
 
 /// A single-segment log written as `batches` group-commit batches of `per_batch` records.
-fn log_with_batches(
-    dir: &Path,
-    batches: usize,
-    per_batch: usize,
-    body_len: usize,
-) -> Vec<RecordHeader> {
+fn log_with_batches(dir: &Path, batches: usize, per_batch: usize, body_len: usize) -> Vec<RecordHeader> {
     let mut ring = Ring::new(16).unwrap();
     let mut log = open(dir);
     for b in 0..batches {
-        let bodies: Vec<Vec<u8>> = (0..per_batch)
-            .map(|i| vec![(b * per_batch + i) as u8; body_len])
-            .collect();
+        let bodies: Vec<Vec<u8>> = (0..per_batch).map(|i| vec![(b * per_batch + i) as u8; body_len]).collect();
         append_batch(&mut log, &mut ring, &bodies);
     }
     assert_eq!(log.stats.writes as usize, batches, "one write per batch");
@@ -40,9 +33,7 @@ fn headers(dir: &Path) -> Vec<RecordHeader> {
 }
 
 fn first_segment(dir: &Path) -> PathBuf {
-    mirrorlog::wal::segment::list_segments(dir).unwrap()[0]
-        .1
-        .clone()
+    mirrorlog::wal::segment::list_segments(dir).unwrap()[0].1.clone()
 }
 
 fn file_offset(lsn: Lsn) -> u64 {
@@ -50,11 +41,7 @@ fn file_offset(lsn: Lsn) -> u64 {
 }
 
 fn flip_bit(path: &Path, offset: u64, bit: u8) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, offset).unwrap();
     b[0] ^= 1 << bit;
@@ -63,8 +50,7 @@ fn flip_bit(path: &Path, offset: u64, bit: u8) {
 
 fn zero_range(path: &Path, from: u64, to: u64) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(&vec![0u8; (to - from) as usize], from)
-        .unwrap();
+    f.write_all_at(&vec![0u8; (to - from) as usize], from).unwrap();
 }
 
 fn end_of(h: &RecordHeader) -> Lsn {
@@ -81,9 +67,7 @@ fn a_flipped_bit_in_an_acknowledged_batch_is_corruption_and_the_log_refuses_to_o
         Err(Error::LogCorrupt { lsn, .. }) => assert_eq!(lsn, victim.lsn),
         other => panic!("expected corruption, got {other:?}"),
     }
-    let err = LogWriter::open(config(dir.path()), LOG_TOKEN)
-        .err()
-        .expect("refused");
+    let err = LogWriter::open(config(dir.path()), LOG_TOKEN).err().expect("refused");
     assert!(err.to_string().contains("not a torn tail"), "{err}");
     // Nothing was truncated by the refused open.
     flip_bit(&first_segment(dir.path()), file_offset(victim.lsn) + 60, 3);
@@ -118,11 +102,7 @@ fn a_bad_first_record_of_the_last_batch_discards_the_whole_unacknowledged_batch(
     let hs = log_with_batches(dir.path(), 3, 20, 300);
     let first_of_last = hs[40];
     assert_eq!(first_of_last.batch_lsn, first_of_last.lsn);
-    flip_bit(
-        &first_segment(dir.path()),
-        file_offset(first_of_last.lsn) + 2,
-        7,
-    );
+    flip_bit(&first_segment(dir.path()), file_offset(first_of_last.lsn) + 2, 7);
     let report = recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}).unwrap();
     let torn = report.torn_tail.unwrap();
     assert_eq!(torn.observation, Observation::BadHeader);
@@ -152,18 +132,11 @@ fn a_torn_write_with_a_hole_is_cut_and_its_stale_records_never_come_back() {
     let last_batch = hs[60].batch_lsn;
     let hole_block = last_batch.block_floor().advance(2 * BLOCK_SIZE as u64);
     let seg = first_segment(dir.path());
-    zero_range(
-        &seg,
-        file_offset(hole_block),
-        file_offset(hole_block) + BLOCK_SIZE as u64,
-    );
+    zero_range(&seg, file_offset(hole_block), file_offset(hole_block) + BLOCK_SIZE as u64);
     let report = recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}).unwrap();
     let torn = report.torn_tail.expect("torn");
     assert!(torn.cut_at >= last_batch && torn.cut_at < hole_block.advance(BLOCK_SIZE as u64));
-    assert!(
-        torn.valid_records_discarded > 0,
-        "valid records of the same batch lie after the hole"
-    );
+    assert!(torn.valid_records_discarded > 0, "valid records of the same batch lie after the hole");
     let kept = report.records;
 
     // Reopen: the torn window is zeroed, then a short append lands before the stale records' place.
@@ -172,10 +145,7 @@ fn a_torn_write_with_a_hole_is_cut_and_its_stale_records_never_come_back() {
     append_batch(&mut log, &mut ring, &[vec![0xee; 10]]);
     drop(log);
     let report = recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}).unwrap();
-    assert!(
-        report.torn_tail.is_none(),
-        "no stale record of the torn batch validates after the new end"
-    );
+    assert!(report.torn_tail.is_none(), "no stale record of the torn batch validates after the new end");
     assert_eq!(report.end_observation, Some(Observation::Zeroed));
     assert_eq!(report.records, kept + 1);
 }
@@ -186,17 +156,9 @@ fn a_truncated_segment_file_is_cut_and_extended_back() {
     let hs = log_with_batches(dir.path(), 3, 20, 300);
     let seg = first_segment(dir.path());
     let cut = file_offset(hs[50].lsn) + 17;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(cut)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
     let report = recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}).unwrap();
-    assert_eq!(
-        report.torn_tail.unwrap().observation,
-        Observation::Truncated
-    );
+    assert_eq!(report.torn_tail.unwrap().observation, Observation::Truncated);
     assert_eq!(report.records, 50);
     let mut ring = Ring::new(16).unwrap();
     let (mut log, _) = LogWriter::open(config(dir.path()), LOG_TOKEN).unwrap();
@@ -223,16 +185,8 @@ fn a_truncated_early_segment_with_records_after_it_is_corruption() {
     let dir = scratch();
     multi_segment_log(dir.path());
     let seg = first_segment(dir.path());
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(SMALL_SEGMENT / 2)
-        .unwrap();
-    assert!(matches!(
-        recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}),
-        Err(Error::LogCorrupt { .. })
-    ));
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(SMALL_SEGMENT / 2).unwrap();
+    assert!(matches!(recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}), Err(Error::LogCorrupt { .. })));
 }
 
 #[test]
@@ -241,10 +195,7 @@ fn a_missing_middle_segment_is_a_gap() {
     multi_segment_log(dir.path());
     let segs = mirrorlog::wal::segment::list_segments(dir.path()).unwrap();
     std::fs::remove_file(&segs[1].1).unwrap();
-    assert!(matches!(
-        recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}),
-        Err(Error::SegmentGap { .. })
-    ));
+    assert!(matches!(recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}), Err(Error::SegmentGap { .. })));
     assert!(LogWriter::open(config(dir.path()), LOG_TOKEN).is_err());
 }
 
@@ -253,12 +204,8 @@ fn bad_segment_headers_are_refused_each_with_its_own_error() {
     type Check = fn(&Error) -> bool;
     let cases: [(&str, u64, Check); 3] = [
         ("magic", 0, |e| matches!(e, Error::SegmentBadMagic { .. })),
-        ("version", 8, |e| {
-            matches!(e, Error::SegmentVersionUnsupported { found: 3, .. })
-        }),
-        ("checksum", 26, |e| {
-            matches!(e, Error::SegmentHeaderCorrupt { .. })
-        }),
+        ("version", 8, |e| matches!(e, Error::SegmentVersionUnsupported { found: 3, .. })),
+        ("checksum", 26, |e| matches!(e, Error::SegmentHeaderCorrupt { .. })),
     ];
     for (what, offset, check) in cases {
         let dir = scratch();
@@ -274,13 +221,10 @@ fn bad_segment_headers_are_refused_each_with_its_own_error() {
         } else {
             flip_bit(&seg, offset, 1);
         }
-        let err = recovery::scan(dir.path(), Some(DbId(1)), |_, _| {})
-            .err()
-            .unwrap_or_else(|| panic!("{what}: accepted"));
+        let err =
+            recovery::scan(dir.path(), Some(DbId(1)), |_, _| {}).err().unwrap_or_else(|| panic!("{what}: accepted"));
         assert!(check(&err), "{what}: {err}");
-        let err = LogWriter::open(config(dir.path()), LOG_TOKEN)
-            .err()
-            .unwrap_or_else(|| panic!("{what}: opened"));
+        let err = LogWriter::open(config(dir.path()), LOG_TOKEN).err().unwrap_or_else(|| panic!("{what}: opened"));
         assert!(check(&err), "{what}: {err}");
     }
 }
@@ -292,17 +236,7 @@ fn a_segment_of_another_database_is_refused() {
     let mut other = config(dir.path());
     other.db_id = DbId(2);
     let err = LogWriter::open(other, LOG_TOKEN).err().expect("refused");
-    assert!(
-        matches!(
-            err,
-            Error::SegmentWrongDatabase {
-                found: DbId(1),
-                expected: DbId(2),
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::SegmentWrongDatabase { found: DbId(1), expected: DbId(2), .. }), "{err}");
 }
 
 #[test]
@@ -316,15 +250,7 @@ fn a_record_with_a_lower_epoch_after_a_higher_one_is_corruption() {
     let end = log.lsn_hardened();
     drop(log);
     let mut bytes = vec![0u8; record::record_size(8)];
-    record::encode(
-        &mut bytes,
-        DbId(1),
-        end,
-        Epoch(3),
-        end,
-        RecordKind::DATA,
-        &[1; 8],
-    );
+    record::encode(&mut bytes, DbId(1), end, Epoch(3), end, RecordKind::DATA, &[1; 8]);
     std::fs::OpenOptions::new()
         .write(true)
         .open(first_segment(dir.path()))
@@ -366,11 +292,7 @@ fn bit_flips_across_the_log_get_the_decision_the_table_says() {
                 // Damage inside a record is a torn tail; a flip in the zeroes after the end is one
                 // too when it lands in the next header's place, else the log just ends there.
                 let in_next_header = pos >= end.0 && pos < end.0 + 40;
-                assert_eq!(
-                    report.torn_tail.is_some(),
-                    containing.is_some() || in_next_header,
-                    "position {pos}"
-                );
+                assert_eq!(report.torn_tail.is_some(), containing.is_some() || in_next_header, "position {pos}");
             }
             (before_last, other) => {
                 panic!("position {pos} (before last batch: {before_last}): {other:?}")
@@ -386,35 +308,18 @@ fn inspect_reports_a_clean_log_and_names_the_first_problem_of_a_bad_one() {
     let dir = scratch();
     let hs = log_with_batches(dir.path(), 3, 20, 300);
     let bin = env!("CARGO_BIN_EXE_mirrorlog");
-    let out = std::process::Command::new(bin)
-        .args(["inspect", "wal"])
-        .arg(dir.path())
-        .arg("--records")
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(bin).args(["inspect", "wal"]).arg(dir.path()).arg("--records").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("records: 60 valid"), "{text}");
-    assert!(
-        text.contains(&format!("lsn range: 0..{}", end_of(hs.last().unwrap()).0)),
-        "{text}"
-    );
+    assert!(text.contains(&format!("lsn range: 0..{}", end_of(hs.last().unwrap()).0)), "{text}");
     assert!(text.contains("first problem: none"), "{text}");
     assert_eq!(text.matches("crc ok").count(), 60);
 
     flip_bit(&first_segment(dir.path()), file_offset(hs[5].lsn) + 100, 2);
-    let out = std::process::Command::new(bin)
-        .args(["inspect", "wal"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(bin).args(["inspect", "wal"]).arg(dir.path()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(
-        text.contains(&format!(
-            "first problem: log corruption at lsn {}",
-            hs[5].lsn.0
-        )),
-        "{text}"
-    );
+    assert!(text.contains(&format!("first problem: log corruption at lsn {}", hs[5].lsn.0)), "{text}");
 }

@@ -20,10 +20,7 @@ fn wait_for(ring: &mut Ring, token: u64) -> Completion {
         let found = STASH.with(|stash| {
             let mut stash = stash.borrow_mut();
             ring.reap(&mut stash);
-            stash
-                .iter()
-                .position(|c| c.token == token)
-                .map(|i| stash.remove(i))
+            stash.iter().position(|c| c.token == token).map(|i| stash.remove(i))
         });
         if let Some(c) = found {
             return c;
@@ -49,20 +46,16 @@ fn direct_write_fsync_read_fallocate() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
 
     let mut buf = AlignedBuf::zeroed(8192);
-    buf.iter_mut()
-        .enumerate()
-        .for_each(|(i, b)| *b = (i % 199) as u8);
+    buf.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 199) as u8);
     let expected = buf.to_vec();
-    ring.write_at(file.as_raw_fd(), buf, 8192, 4096, 0, 2)
-        .unwrap();
+    ring.write_at(file.as_raw_fd(), buf, 8192, 4096, 0, 2).unwrap();
     let c = wait_for(&mut ring, 2);
     assert_eq!(c.result, 8192);
     assert!(c.buf.is_some(), "the buffer comes back with the completion");
     ring.fsync(file.as_raw_fd(), true, 3).unwrap();
     assert_eq!(wait_for(&mut ring, 3).result, 0);
 
-    ring.read_at(file.as_raw_fd(), AlignedBuf::new(8192), 8192, 4096, 4)
-        .unwrap();
+    ring.read_at(file.as_raw_fd(), AlignedBuf::new(8192), 8192, 4096, 4).unwrap();
     let c = wait_for(&mut ring, 4);
     assert_eq!(c.result, 8192);
     assert_eq!(&c.buf.unwrap()[..], &expected[..]);
@@ -75,15 +68,7 @@ fn data_sync_write_flag_is_accepted() {
     std::fs::write(&path, vec![0u8; 8192]).unwrap();
     let file = open_direct(&path).unwrap();
     let mut ring = Ring::new(8).unwrap();
-    ring.write_at(
-        file.as_raw_fd(),
-        AlignedBuf::zeroed(4096),
-        4096,
-        0,
-        libc::RWF_DSYNC,
-        1,
-    )
-    .unwrap();
+    ring.write_at(file.as_raw_fd(), AlignedBuf::zeroed(4096), 4096, 0, libc::RWF_DSYNC, 1).unwrap();
     assert_eq!(wait_for(&mut ring, 1).result, 4096);
 }
 
@@ -94,8 +79,7 @@ fn unaligned_direct_write_fails_with_einval_and_returns_the_buffer() {
     std::fs::write(&path, vec![0u8; 8192]).unwrap();
     let file = open_direct(&path).unwrap();
     let mut ring = Ring::new(8).unwrap();
-    ring.write_at(file.as_raw_fd(), AlignedBuf::zeroed(4096), 4096, 100, 0, 1)
-        .unwrap();
+    ring.write_at(file.as_raw_fd(), AlignedBuf::zeroed(4096), 4096, 100, 0, 1).unwrap();
     let c = wait_for(&mut ring, 1);
     assert_eq!(c.result, -libc::EINVAL);
     assert!(c.buf.is_some());
@@ -113,8 +97,7 @@ fn connected_pair(ring: &mut Ring) -> (std::os::fd::OwnedFd, std::os::fd::OwnedF
     assert!(accepted.result >= 0, "accept");
     assert!(accepted.peer.unwrap().ip().is_loopback());
     // SAFETY: the accept result is a new descriptor we now own.
-    let server =
-        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(accepted.result) };
+    let server = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(accepted.result) };
     (client, server)
 }
 
@@ -127,8 +110,7 @@ fn accept_connect_send_recv() {
     buf.copy_from_slice(b"hello");
     ring.send(client.as_raw_fd(), buf, 0, 5, 1).unwrap();
     assert_eq!(wait_for(&mut ring, 1).result, 5);
-    ring.recv(server.as_raw_fd(), AlignedBuf::new(4096), 2)
-        .unwrap();
+    ring.recv(server.as_raw_fd(), AlignedBuf::new(4096), 2).unwrap();
     let c = wait_for(&mut ring, 2);
     assert_eq!(c.result, 5);
     assert_eq!(&c.buf.unwrap()[..], b"hello");
@@ -140,44 +122,28 @@ fn send_zc_returns_the_buffer_only_with_its_notification() {
     let (client, server) = connected_pair(&mut ring);
     let mut buf = AlignedBuf::zeroed(16384);
     buf.fill(7);
-    ring.send_zc(client.as_raw_fd(), buf, 4096, 8192, 1)
-        .unwrap();
+    ring.send_zc(client.as_raw_fd(), buf, 4096, 8192, 1).unwrap();
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen
-        .iter()
-        .any(|c: &Completion| matches!(c.kind, CompletionKind::SendZcNotified { .. }))
-    {
+    while !seen.iter().any(|c: &Completion| matches!(c.kind, CompletionKind::SendZcNotified { .. })) {
         assert!(Instant::now() < deadline);
         ring.submit_and_wait(1).unwrap();
         ring.reap(&mut seen);
     }
-    let result = seen
-        .iter()
-        .find(|c| c.kind == CompletionKind::SendZcResult)
-        .expect("send result first");
+    let result = seen.iter().find(|c| c.kind == CompletionKind::SendZcResult).expect("send result first");
     assert_eq!(result.result, 8192);
-    assert!(
-        result.buf.is_none(),
-        "the kernel may still read the buffer at the send result"
-    );
-    let notified = seen
-        .iter()
-        .position(|c| matches!(c.kind, CompletionKind::SendZcNotified { .. }))
-        .unwrap();
+    assert!(result.buf.is_none(), "the kernel may still read the buffer at the send result");
+    let notified = seen.iter().position(|c| matches!(c.kind, CompletionKind::SendZcNotified { .. })).unwrap();
     assert!(seen[notified].buf.is_some());
     assert_eq!(ring.in_flight(), 0);
     // Whether the kernel copied is its choice (it depends on the route and the kernel); the ring
     // counts what the notification reported (IORING_SEND_ZC_REPORT_USAGE).
-    let CompletionKind::SendZcNotified { copied } = seen[notified].kind else {
-        unreachable!()
-    };
+    let CompletionKind::SendZcNotified { copied } = seen[notified].kind else { unreachable!() };
     assert_eq!(ring.zc_copied_notifications, copied as u64);
     eprintln!("send_zc on loopback: kernel reported copied = {copied}");
     let mut got = 0;
     while got < 8192 {
-        ring.recv(server.as_raw_fd(), AlignedBuf::new(16384), 2)
-            .unwrap();
+        ring.recv(server.as_raw_fd(), AlignedBuf::new(16384), 2).unwrap();
         let c = wait_for(&mut ring, 2);
         assert!(c.result > 0);
         assert!(c.buf.unwrap().iter().all(|&b| b == 7));
@@ -199,18 +165,13 @@ fn timeout_fires() {
 fn cancelled_recv_keeps_its_buffer_until_its_completion() {
     let mut ring = Ring::new(16).unwrap();
     let (_client, server) = connected_pair(&mut ring);
-    let op = ring
-        .recv(server.as_raw_fd(), AlignedBuf::new(4096), 5)
-        .unwrap();
+    let op = ring.recv(server.as_raw_fd(), AlignedBuf::new(4096), 5).unwrap();
     ring.submit().unwrap();
     assert_eq!(ring.in_flight(), 1);
     ring.cancel(op).unwrap();
     let c = wait_for(&mut ring, 5);
     assert_eq!(c.result, -libc::ECANCELED);
-    assert!(
-        c.buf.is_some(),
-        "the cancelled operation hands its buffer back"
-    );
+    assert!(c.buf.is_some(), "the cancelled operation hands its buffer back");
     assert_eq!(ring.in_flight(), 0);
 }
 
@@ -225,19 +186,13 @@ fn msg_ring_wakes_another_ring() {
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|c: &Completion| c.kind == CompletionKind::Message)
-    {
+    while !seen.iter().any(|c: &Completion| c.kind == CompletionKind::Message) {
         assert!(Instant::now() < deadline);
         receiver.timeout(Duration::from_millis(50), 9).unwrap();
         receiver.submit_and_wait(1).unwrap();
         receiver.reap(&mut seen);
     }
-    let message = seen
-        .iter()
-        .find(|c| c.kind == CompletionKind::Message)
-        .unwrap();
+    let message = seen.iter().find(|c| c.kind == CompletionKind::Message).unwrap();
     assert_eq!(message.token, 42);
     sender.join().unwrap();
 }
@@ -267,10 +222,7 @@ fn doorbell_refuses_sleep_after_a_ring_since_observation() {
     let doorbell = mirrorlog::io::doorbell::Doorbell::without_eventfd();
     let observed = doorbell.observe();
     assert!(!doorbell.ring(), "nobody sleeps yet");
-    assert!(
-        !doorbell.try_sleep(observed),
-        "work arrived after the observation"
-    );
+    assert!(!doorbell.try_sleep(observed), "work arrived after the observation");
     let observed = doorbell.observe();
     assert!(doorbell.try_sleep(observed));
     doorbell.awake();

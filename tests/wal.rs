@@ -49,10 +49,7 @@ fn group_commit_gathers_while_a_write_is_in_flight_and_wakes_exactly_the_covered
         first_ends.push(end);
     }
     assert!(log.submit(&mut ring).unwrap(), "first batch submitted");
-    assert!(
-        !log.submit(&mut ring).unwrap(),
-        "one write in flight at a time"
-    );
+    assert!(!log.submit(&mut ring).unwrap(), "one write in flight at a time");
     for i in 50..80u64 {
         let end = log.append(RecordKind::DATA, &[2; 100]).unwrap();
         assert!(!log.wait_hardened(end, i));
@@ -66,26 +63,16 @@ fn group_commit_gathers_while_a_write_is_in_flight_and_wakes_exactly_the_covered
         })
         .collect();
     woken.sort();
-    assert_eq!(
-        woken,
-        (0..50).collect::<Vec<_>>(),
-        "the first flush wakes exactly the first batch"
-    );
+    assert_eq!(woken, (0..50).collect::<Vec<_>>(), "the first flush wakes exactly the first batch");
     assert_eq!(log.lsn_hardened(), *first_ends.last().unwrap());
     wakes.clear();
-    assert!(
-        log.submit(&mut ring).unwrap(),
-        "the gathered 30 go in the next single write"
-    );
+    assert!(log.submit(&mut ring).unwrap(), "the gathered 30 go in the next single write");
     complete_one(&mut log, &mut ring, &mut wakes);
     assert_eq!(wakes.len(), 30);
     assert_eq!(log.stats.writes, 2);
     assert_eq!(log.stats.records_hardened, 80);
     assert_eq!(log.stats.records_per_write_max, 50);
-    assert!(
-        log.wait_hardened(Lsn(1), 99),
-        "an LSN already hardened needs no wait"
-    );
+    assert!(log.wait_hardened(Lsn(1), 99), "an LSN already hardened needs no wait");
 }
 
 #[test]
@@ -94,17 +81,9 @@ fn oversized_record_is_refused_and_nothing_is_appended() {
     let mut log = open(dir.path());
     let before = log.lsn_appended();
     let big = vec![0u8; mirrorlog::constants::RECORD_BODY_SIZE_MAX + 1];
-    assert!(matches!(
-        log.append(RecordKind::DATA, &big),
-        Err(AppendError::TooLarge { .. })
-    ));
+    assert!(matches!(log.append(RecordKind::DATA, &big), Err(AppendError::TooLarge { .. })));
     assert_eq!(log.lsn_appended(), before);
-    assert!(log
-        .append(
-            RecordKind::DATA,
-            &big[..mirrorlog::constants::RECORD_BODY_SIZE_MAX]
-        )
-        .is_ok());
+    assert!(log.append(RecordKind::DATA, &big[..mirrorlog::constants::RECORD_BODY_SIZE_MAX]).is_ok());
 }
 
 #[test]
@@ -114,23 +93,16 @@ fn segments_rotate_and_retention_recycles_old_ones() {
     let mut log = open(dir.path());
     let mut written = Vec::new();
     for round in 0..12 {
-        let b: Vec<Vec<u8>> = (0..40)
-            .map(|i| vec![(round * 40 + i) as u8; 3000 + i * 13])
-            .collect();
+        let b: Vec<Vec<u8>> = (0..40).map(|i| vec![(round * 40 + i) as u8; 3000 + i * 13]).collect();
         append_batch(&mut log, &mut ring, &b);
         written.extend(b);
     }
     let segments = log.segment_paths();
     assert!(segments.len() >= 4, "{} segments", segments.len());
-    assert_same_records(
-        &read_all(dir.path()),
-        &written,
-        "records survive across segment boundaries",
-    );
+    assert_same_records(&read_all(dir.path()), &written, "records survive across segment boundaries");
 
     // Keep only the last two segments.
-    let keep_from =
-        mirrorlog::wal::segment::list_segments(dir.path()).unwrap()[segments.len() - 2].0;
+    let keep_from = mirrorlog::wal::segment::list_segments(dir.path()).unwrap()[segments.len() - 2].0;
     log.set_retention_lsn(keep_from);
     log.drain_background();
     assert_eq!(log.segment_paths().len(), 2);
@@ -151,10 +123,7 @@ fn segments_rotate_and_retention_recycles_old_ones() {
     let all = read_all(dir.path());
     assert_same_records(&all[all.len() - 200..], &more, "records after recycling");
     assert!(
-        mirrorlog::wal::segment::list_recycled(dir.path())
-            .unwrap()
-            .len()
-            < mirrorlog::constants::SEGMENTS_RECYCLED_MAX
+        mirrorlog::wal::segment::list_recycled(dir.path()).unwrap().len() < mirrorlog::constants::SEGMENTS_RECYCLED_MAX
     );
 }
 
@@ -176,26 +145,12 @@ fn a_failed_write_is_fatal_and_wakes_every_waiter_with_the_failure() {
     wakes.sort_by_key(|w| format!("{w:?}"));
     assert_eq!(wakes, vec![Wake::Failed(7), Wake::Failed(8)]);
     assert!(log.is_failed());
-    assert_eq!(
-        log.lsn_hardened(),
-        *acked.last().unwrap(),
-        "nothing more is acknowledged"
-    );
-    assert!(matches!(
-        log.append(RecordKind::DATA, b"x"),
-        Err(AppendError::Failed(_))
-    ));
-    assert!(
-        !log.submit(&mut ring).unwrap(),
-        "a failed log writes nothing more"
-    );
+    assert_eq!(log.lsn_hardened(), *acked.last().unwrap(), "nothing more is acknowledged");
+    assert!(matches!(log.append(RecordKind::DATA, b"x"), Err(AppendError::Failed(_))));
+    assert!(!log.submit(&mut ring).unwrap(), "a failed log writes nothing more");
     drop(log);
     let all = read_all(dir.path());
-    assert_same_records(
-        &all[..10],
-        &bodies(10, 0),
-        "acknowledged records are on disk",
-    );
+    assert_same_records(&all[..10], &bodies(10, 0), "acknowledged records are on disk");
 }
 
 #[test]
@@ -208,9 +163,7 @@ fn a_lower_epoch_than_the_log_holds_is_refused() {
     append_batch(&mut log, &mut ring, &bodies(3, 0));
     drop(log);
     c.epoch = Epoch(4);
-    let err = LogWriter::open(c.clone(), LOG_TOKEN)
-        .err()
-        .expect("refused");
+    let err = LogWriter::open(c.clone(), LOG_TOKEN).err().expect("refused");
     assert!(err.to_string().contains("role sequence 5"), "{err}");
     c.epoch = Epoch(6);
     let (mut log, _) = LogWriter::open(c, LOG_TOKEN).unwrap();
@@ -233,9 +186,7 @@ impl ShardWork for RemoteOnly {
     fn before_sleep(&mut self, ring: &mut Ring) -> mirrorlog::Result<bool> {
         self.log.drain_remote();
         self.log.submit(ring)?;
-        Ok(!(self.stop.load(Ordering::SeqCst)
-            && !self.log.write_in_flight()
-            && !self.log.has_unwritten()))
+        Ok(!(self.stop.load(Ordering::SeqCst) && !self.log.write_in_flight() && !self.log.has_unwritten()))
     }
     fn complete(&mut self, _ring: &mut Ring, c: Completion) -> mirrorlog::Result<()> {
         self.log.complete(c, &mut self.wakes);
@@ -258,11 +209,7 @@ fn threads_append_through_the_queue_and_wait_for_the_hardened_lsn() {
     let stop = Arc::new(AtomicBool::new(false));
     let shard_stop = stop.clone();
     let shard = shard::spawn("remote-log".into(), None, move |ring| {
-        let mut work = RemoteOnly {
-            log,
-            stop: shard_stop,
-            wakes: Vec::new(),
-        };
+        let mut work = RemoteOnly { log, stop: shard_stop, wakes: Vec::new() };
         shard::run(ring, &mut work)
     })
     .unwrap();
@@ -295,10 +242,6 @@ fn threads_append_through_the_queue_and_wait_for_the_hardened_lsn() {
             .filter(|b| b.len() == 50 && b[4] == t)
             .map(|b| u32::from_le_bytes(b[..4].try_into().unwrap()))
             .collect();
-        assert_eq!(
-            seqs,
-            (0..200).collect::<Vec<_>>(),
-            "thread {t}'s records in its order"
-        );
+        assert_eq!(seqs, (0..200).collect::<Vec<_>>(), "thread {t}'s records in its order");
     }
 }

@@ -157,10 +157,7 @@ fn doorbell_never_loses_a_wakeup() {
     model(|| {
         let queue = Arc::new(BoundedQueue::new(2));
         let doorbell = Arc::new(Doorbell::without_eventfd());
-        let eventfd = Arc::new(EventFd {
-            count: Mutex::new(0),
-            cond: Condvar::new(),
-        });
+        let eventfd = Arc::new(EventFd { count: Mutex::new(0), cond: Condvar::new() });
         let producer = {
             let (queue, doorbell, eventfd) = (queue.clone(), doorbell.clone(), eventfd.clone());
             thread::spawn(move || {

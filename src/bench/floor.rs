@@ -41,12 +41,10 @@ fn prefilled_file(dir: &Path, ops: usize) -> Result<std::path::PathBuf> {
     let mut at = 0;
     while at < total {
         let n = (total - at).min(zeros.len());
-        file.write_all_at(&zeros[..n], at as u64)
-            .context(|| format!("prefill {}", path.display()))?;
+        file.write_all_at(&zeros[..n], at as u64).context(|| format!("prefill {}", path.display()))?;
         at += n;
     }
-    file.sync_all()
-        .context(|| format!("fsync {}", path.display()))?;
+    file.sync_all().context(|| format!("fsync {}", path.display()))?;
     Ok(path)
 }
 
@@ -59,14 +57,10 @@ pub fn measure(dir: &Path, ring: &mut Ring, ops: usize) -> Result<(Latencies, La
     let mut psync = Latencies::new();
     for i in 0..ops + WARMUP_OPS {
         let started = Instant::now();
-        file.write_all_at(&buf, (i * BLOCK_SIZE) as u64)
-            .context(|| "floor pwrite".into())?;
+        file.write_all_at(&buf, (i * BLOCK_SIZE) as u64).context(|| "floor pwrite".into())?;
         // SAFETY: plain fdatasync(2) on a descriptor we own.
         if unsafe { libc::fdatasync(file.as_raw_fd()) } != 0 {
-            return Err(Error::io(
-                "floor fdatasync",
-                std::io::Error::last_os_error(),
-            ));
+            return Err(Error::io("floor fdatasync", std::io::Error::last_os_error()));
         }
         if i >= WARMUP_OPS {
             psync.record(started.elapsed());

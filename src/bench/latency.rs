@@ -18,9 +18,7 @@ pub struct Summary {
 
 impl Latencies {
     pub fn new() -> Self {
-        Self {
-            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-        }
+        Self { hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds") }
     }
 
     pub fn record(&mut self, elapsed: std::time::Duration) {

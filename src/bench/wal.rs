@@ -88,8 +88,7 @@ pub fn run(config: &WalBenchConfig) -> Result<Vec<WalBenchResult>> {
             )));
         }
     }
-    std::fs::create_dir_all(&config.dir)
-        .map_err(|e| Error::io(format!("create {}", config.dir.display()), e))?;
+    std::fs::create_dir_all(&config.dir).map_err(|e| Error::io(format!("create {}", config.dir.display()), e))?;
     let work_dir = tempfile_dir(&config.dir)?;
     let config = config.clone();
     let dir = work_dir.clone();
@@ -104,17 +103,12 @@ pub fn run(config: &WalBenchConfig) -> Result<Vec<WalBenchResult>> {
             let (mut psync, mut uring) = (psync_a, uring_a);
             psync.merge(&psync_b);
             uring.merge(&uring_b);
-            result.floor = Floor {
-                pwrite_fdatasync: psync.summary(),
-                uring_dsync: uring.summary(),
-            };
+            result.floor = Floor { pwrite_fdatasync: psync.summary(), uring_dsync: uring.summary() };
             results.push(result);
         }
         Ok(results)
     })?;
-    let outcome = handle
-        .join()
-        .map_err(|_| Error::Config("benchmark thread panicked".into()))?;
+    let outcome = handle.join().map_err(|_| Error::Config("benchmark thread panicked".into()))?;
     let _ = std::fs::remove_dir_all(&work_dir);
     outcome
 }
@@ -198,9 +192,7 @@ impl ShardWork for Committers {
                         self.issue(client as usize)?;
                     }
                 }
-                Wake::Failed(_) => {
-                    return Err(Error::LogFailed("log failed during the benchmark".into()))
-                }
+                Wake::Failed(_) => return Err(Error::LogFailed("log failed during the benchmark".into())),
             }
         }
         self.wakes = wakes;
@@ -209,12 +201,7 @@ impl ShardWork for Committers {
     }
 }
 
-fn run_one(
-    config: &WalBenchConfig,
-    clients: usize,
-    log_dir: &Path,
-    ring: &mut Ring,
-) -> Result<WalBenchResult> {
+fn run_one(config: &WalBenchConfig, clients: usize, log_dir: &Path, ring: &mut Ring) -> Result<WalBenchResult> {
     let mut log_config = LogConfig::new(log_dir, DbId(1));
     log_config.segment_size = config.segment_size;
     let (log, _) = LogWriter::open(log_config, LOG_TOKEN)?;
@@ -247,11 +234,7 @@ fn run_one(
         tps: work.commits_measured as f64 / window,
         latency: work.latencies.summary(),
         flushes_per_s: writes as f64 / window,
-        records_per_flush: if writes > 0 {
-            records as f64 / writes as f64
-        } else {
-            0.0
-        },
+        records_per_flush: if writes > 0 { records as f64 / writes as f64 } else { 0.0 },
         records_per_flush_max: work.log.stats.records_per_write_max,
         floor: Floor::default(),
     })
@@ -298,10 +281,8 @@ pub fn print_table(results: &[WalBenchResult]) {
             r.floor.best().0
         );
     }
-    if let (Some(one), Some(last)) = (
-        results.iter().find(|r| r.clients == 1),
-        results.iter().max_by_key(|r| r.clients),
-    ) {
+    if let (Some(one), Some(last)) = (results.iter().find(|r| r.clients == 1), results.iter().max_by_key(|r| r.clients))
+    {
         if last.clients > 1 {
             println!(
                 "throughput at {} clients = {:.1} x the 1-client figure (same run)",

@@ -24,13 +24,7 @@ pub struct WalInspection {
 pub fn inspect(dir: &Path, list_records: bool, out: &mut impl Write) -> Result<WalInspection> {
     let listed = segment::list_segments(dir)?;
     let mut first_problem = None;
-    writeln!(
-        out,
-        "log directory {}: {} segment file(s)",
-        dir.display(),
-        listed.len()
-    )
-    .ok();
+    writeln!(out, "log directory {}: {} segment file(s)", dir.display(), listed.len()).ok();
     for (_, path) in &listed {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?");
         let head = std::fs::read(path).map(|b| b[..b.len().min(SEGMENT_HEADER_SIZE)].to_vec());
@@ -94,25 +88,13 @@ pub fn inspect(dir: &Path, list_records: bool, out: &mut impl Write) -> Result<W
             torn_tail: None,
         },
     };
-    writeln!(
-        out,
-        "records: {} valid, every checksum verified",
-        inspection.records
-    )
-    .ok();
+    writeln!(out, "records: {} valid, every checksum verified", inspection.records).ok();
     if inspection.problem.is_none() {
-        writeln!(
-            out,
-            "lsn range: {}..{}",
-            inspection.start_lsn, inspection.end_lsn
-        )
-        .ok();
+        writeln!(out, "lsn range: {}..{}", inspection.start_lsn, inspection.end_lsn).ok();
     }
     match (&inspection.problem, &inspection.torn_tail) {
         (Some(p), _) => writeln!(out, "first problem: {p}").ok(),
-        (None, Some(t)) => {
-            writeln!(out, "first problem: {t} (recovery cuts it; not corruption)").ok()
-        }
+        (None, Some(t)) => writeln!(out, "first problem: {t} (recovery cuts it; not corruption)").ok(),
         (None, None) => writeln!(out, "first problem: none").ok(),
     };
     Ok(inspection)

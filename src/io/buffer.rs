@@ -28,11 +28,7 @@ impl AlignedBuf {
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Self {
-            ptr,
-            capacity,
-            len: 0,
-        }
+        Self { ptr, capacity, len: 0 }
     }
 
     /// A zeroed buffer whose `len` is its whole (block-rounded) capacity.
@@ -61,11 +57,7 @@ impl AlignedBuf {
     /// Sets the length of the initialized part; every byte of the allocation is initialized
     /// (allocated zeroed), so any length up to the capacity is sound.
     pub fn set_len(&mut self, len: usize) {
-        assert!(
-            len <= self.capacity,
-            "length {len} beyond capacity {}",
-            self.capacity
-        );
+        assert!(len <= self.capacity, "length {len} beyond capacity {}", self.capacity);
         self.len = len;
     }
 
@@ -112,10 +104,7 @@ impl Drop for AlignedBuf {
 
 impl std::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedBuf")
-            .field("capacity", &self.capacity)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("AlignedBuf").field("capacity", &self.capacity).field("len", &self.len).finish()
     }
 }
 

@@ -34,18 +34,12 @@ impl Doorbell {
             return Err(std::io::Error::last_os_error()).context(|| "eventfd".into());
         }
         // SAFETY: fd is a fresh descriptor we own.
-        Ok(Self {
-            word: AtomicU64::new(0),
-            eventfd: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
-        })
+        Ok(Self { word: AtomicU64::new(0), eventfd: Some(unsafe { OwnedFd::from_raw_fd(fd) }) })
     }
 
     /// A doorbell without an eventfd: `ring` only reports whether a write would be due (models).
     pub fn without_eventfd() -> Self {
-        Self {
-            word: AtomicU64::new(0),
-            eventfd: None,
-        }
+        Self { word: AtomicU64::new(0), eventfd: None }
     }
 
     pub fn eventfd(&self) -> RawFd {
@@ -61,14 +55,7 @@ impl Doorbell {
     /// Shard side, after draining: true if the shard may sleep (no ring since `observed`); the
     /// SLEEPING bit is then set and the next ring writes the eventfd.
     pub fn try_sleep(&self, observed: u64) -> bool {
-        self.word
-            .compare_exchange(
-                observed,
-                observed | SLEEPING,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+        self.word.compare_exchange(observed, observed | SLEEPING, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Shard side, after waking.
@@ -83,12 +70,7 @@ impl Doorbell {
         let mut current = self.word.load(Ordering::Acquire);
         loop {
             let next = (current & !SLEEPING).wrapping_add(1) & !SLEEPING;
-            match self.word.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(previous) => {
                     let was_sleeping = previous & SLEEPING != 0;
                     if was_sleeping {

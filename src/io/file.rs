@@ -8,21 +8,13 @@ use crate::error::{Error, IoContext, Result};
 
 /// Opens an existing file for O_DIRECT reads and writes.
 pub fn open_direct(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                Error::DirectIoUnsupported {
-                    path: path.to_path_buf(),
-                    detail: e.to_string(),
-                }
-            } else {
-                Error::io(format!("open {}", path.display()), e)
-            }
-        })
+    OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            Error::DirectIoUnsupported { path: path.to_path_buf(), detail: e.to_string() }
+        } else {
+            Error::io(format!("open {}", path.display()), e)
+        }
+    })
 }
 
 /// fsync(2) on a directory, so that a create, rename or unlink in it is durable
@@ -31,6 +23,5 @@ pub fn open_direct(path: &Path) -> Result<File> {
 /// for the directory is also needed.").
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).context(|| format!("open directory {}", dir.display()))?;
-    d.sync_all()
-        .context(|| format!("fsync directory {}", dir.display()))
+    d.sync_all().context(|| format!("fsync directory {}", dir.display()))
 }

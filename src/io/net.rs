@@ -18,22 +18,16 @@ pub fn local_addr(fd: RawFd) -> Result<SocketAddr> {
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: the pointers refer to live locals of the sizes given.
-    let rc =
-        unsafe { libc::getsockname(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) };
+    let rc = unsafe { libc::getsockname(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context(|| "getsockname".into());
     }
-    sockaddr_to(&storage, len)
-        .ok_or_else(|| crate::error::Error::Config("unsupported address family".into()))
+    sockaddr_to(&storage, len).ok_or_else(|| crate::error::Error::Config("unsupported address family".into()))
 }
 
 /// A new TCP socket for `connect`, with TCP_NODELAY (log blocks and acks must not wait for Nagle).
 pub fn tcp_socket(peer: SocketAddr) -> Result<OwnedFd> {
-    let family = if peer.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let family = if peer.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -71,9 +65,7 @@ pub(crate) fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
@@ -85,9 +77,7 @@ pub(crate) fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: v6.port().to_be(),
                 sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
                 sin6_scope_id: v6.scope_id(),
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
@@ -98,10 +88,7 @@ pub(crate) fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::
     (storage, len as libc::socklen_t)
 }
 
-pub(crate) fn sockaddr_to(
-    storage: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-) -> Option<SocketAddr> {
+pub(crate) fn sockaddr_to(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
     match storage.ss_family as libc::c_int {
         libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family and length say this storage holds a sockaddr_in.

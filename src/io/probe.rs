@@ -16,10 +16,7 @@ pub fn explain_setup_error(e: std::io::Error) -> Error {
         Some(libc::EMFILE) | Some(libc::ENFILE) => "too many open files",
         _ => "unknown; see io_uring_setup(2)",
     };
-    Error::IoUringUnavailable {
-        detail: e.to_string(),
-        likely_cause,
-    }
+    Error::IoUringUnavailable { detail: e.to_string(), likely_cause }
 }
 
 /// The operations the engine relies on, with the kernel release that introduced each.
@@ -42,24 +39,14 @@ const REQUIRED_OPS: &[(u8, &str, &str)] = &[
 pub fn check_io_uring() -> Result<()> {
     let ring = IoUring::new(8).map_err(explain_setup_error)?;
     let mut probe = Probe::new();
-    ring.submitter()
-        .register_probe(&mut probe)
-        .map_err(|e| Error::KernelTooOld {
-            found: kernel_release(),
-            needed: "5.6",
-            feature: if e.raw_os_error() == Some(libc::EINVAL) {
-                "IORING_REGISTER_PROBE"
-            } else {
-                "io_uring probing"
-            },
-        })?;
+    ring.submitter().register_probe(&mut probe).map_err(|e| Error::KernelTooOld {
+        found: kernel_release(),
+        needed: "5.6",
+        feature: if e.raw_os_error() == Some(libc::EINVAL) { "IORING_REGISTER_PROBE" } else { "io_uring probing" },
+    })?;
     for &(code, name, needed) in REQUIRED_OPS {
         if !probe.is_supported(code) {
-            return Err(Error::KernelTooOld {
-                found: kernel_release(),
-                needed,
-                feature: name,
-            });
+            return Err(Error::KernelTooOld { found: kernel_release(), needed, feature: name });
         }
     }
     Ok(())
@@ -95,10 +82,7 @@ pub fn check_direct_io(dir: &Path) -> Result<()> {
             file.write_all_at(&buf, 0)
         });
     let _ = std::fs::remove_file(&path);
-    result.map_err(|e| Error::DirectIoUnsupported {
-        path: dir.to_path_buf(),
-        detail: e.to_string(),
-    })
+    result.map_err(|e| Error::DirectIoUnsupported { path: dir.to_path_buf(), detail: e.to_string() })
 }
 
 #[cfg(test)]

@@ -100,17 +100,8 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(entries: u32) -> Result<Self> {
-        let uring = IoUring::builder()
-            .setup_clamp()
-            .build(entries)
-            .map_err(crate::io::probe::explain_setup_error)?;
-        Ok(Self {
-            uring,
-            slots: Vec::new(),
-            free: Vec::new(),
-            in_flight: 0,
-            zc_copied_notifications: 0,
-        })
+        let uring = IoUring::builder().setup_clamp().build(entries).map_err(crate::io::probe::explain_setup_error)?;
+        Ok(Self { uring, slots: Vec::new(), free: Vec::new(), in_flight: 0, zc_copied_notifications: 0 })
     }
 
     /// The ring's file descriptor, the target of `msg_ring` from other rings.
@@ -147,9 +138,7 @@ impl Ring {
             if pushed.is_ok() {
                 return Ok(());
             }
-            self.uring
-                .submit()
-                .map_err(|e| Error::io("io_uring submit (queue full)", e))?;
+            self.uring.submit().map_err(|e| Error::io("io_uring submit (queue full)", e))?;
         }
     }
 
@@ -183,63 +172,40 @@ impl Ring {
         assert!(len <= buf.capacity());
         let mut held = Held::Buf(buf);
         let ptr = Self::held_buf_ptr(&mut held);
-        let entry = opcode::Write::new(types::Fd(fd), ptr, len as u32)
-            .offset(offset)
-            .rw_flags(rw_flags)
-            .build();
+        let entry = opcode::Write::new(types::Fd(fd), ptr, len as u32).offset(offset).rw_flags(rw_flags).build();
         self.submit_entry(entry, token, held)
     }
 
     /// Reads `len` bytes at `offset` into the start of `buf`; the buffer's `len` is set to the
     /// bytes read when it comes back.
-    pub fn read_at(
-        &mut self,
-        fd: RawFd,
-        buf: AlignedBuf,
-        len: usize,
-        offset: u64,
-        token: Token,
-    ) -> Result<OpId> {
+    pub fn read_at(&mut self, fd: RawFd, buf: AlignedBuf, len: usize, offset: u64, token: Token) -> Result<OpId> {
         assert!(len <= buf.capacity());
         let mut held = Held::Buf(buf);
         let ptr = Self::held_buf_ptr(&mut held);
-        let entry = opcode::Read::new(types::Fd(fd), ptr, len as u32)
-            .offset(offset)
-            .build();
+        let entry = opcode::Read::new(types::Fd(fd), ptr, len as u32).offset(offset).build();
         self.submit_entry(entry, token, held)
     }
 
     /// fdatasync(2) (`datasync`) or fsync(2).
     pub fn fsync(&mut self, fd: RawFd, datasync: bool, token: Token) -> Result<OpId> {
-        let flags = if datasync {
-            types::FsyncFlags::DATASYNC
-        } else {
-            types::FsyncFlags::empty()
-        };
+        let flags = if datasync { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
         let entry = opcode::Fsync::new(types::Fd(fd)).flags(flags).build();
         self.submit_entry(entry, token, Held::Nothing)
     }
 
     /// fallocate(2) with mode 0: reserve `len` bytes at `offset`.
     pub fn fallocate(&mut self, fd: RawFd, offset: u64, len: u64, token: Token) -> Result<OpId> {
-        let entry = opcode::Fallocate::new(types::Fd(fd), len)
-            .offset(offset)
-            .build();
+        let entry = opcode::Fallocate::new(types::Fd(fd), len).offset(offset).build();
         self.submit_entry(entry, token, Held::Nothing)
     }
 
     pub fn accept(&mut self, listener: RawFd, token: Token) -> Result<OpId> {
         // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
-        let mut held = Box::new((
-            unsafe { std::mem::zeroed::<libc::sockaddr_storage>() },
-            0 as libc::socklen_t,
-        ));
+        let mut held = Box::new((unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }, 0 as libc::socklen_t));
         held.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         let addr = &mut held.0 as *mut _ as *mut libc::sockaddr;
         let len = &mut held.1 as *mut libc::socklen_t;
-        let entry = opcode::Accept::new(types::Fd(listener), addr, len)
-            .flags(libc::SOCK_CLOEXEC)
-            .build();
+        let entry = opcode::Accept::new(types::Fd(listener), addr, len).flags(libc::SOCK_CLOEXEC).build();
         self.submit_entry(entry, token, Held::Accept(held))
     }
 
@@ -260,34 +226,18 @@ impl Ring {
     }
 
     /// Sends `buf[start..start + len]` (copying send).
-    pub fn send(
-        &mut self,
-        socket: RawFd,
-        buf: AlignedBuf,
-        start: usize,
-        len: usize,
-        token: Token,
-    ) -> Result<OpId> {
+    pub fn send(&mut self, socket: RawFd, buf: AlignedBuf, start: usize, len: usize, token: Token) -> Result<OpId> {
         assert!(start + len <= buf.capacity());
         let mut held = Held::Buf(buf);
         // SAFETY: start + len is within the allocation (asserted above).
         let ptr = unsafe { Self::held_buf_ptr(&mut held).add(start) };
-        let entry = opcode::Send::new(types::Fd(socket), ptr, len as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
+        let entry = opcode::Send::new(types::Fd(socket), ptr, len as u32).flags(libc::MSG_NOSIGNAL).build();
         self.submit_entry(entry, token, held)
     }
 
     /// Zero-copy send of `buf[start..start + len]`. Two completions follow: `SendZcResult`, then
     /// `SendZcNotified` with the buffer.
-    pub fn send_zc(
-        &mut self,
-        socket: RawFd,
-        buf: AlignedBuf,
-        start: usize,
-        len: usize,
-        token: Token,
-    ) -> Result<OpId> {
+    pub fn send_zc(&mut self, socket: RawFd, buf: AlignedBuf, start: usize, len: usize, token: Token) -> Result<OpId> {
         assert!(start + len <= buf.capacity());
         let mut held = Held::Buf(buf);
         // SAFETY: start + len is within the allocation (asserted above).
@@ -301,11 +251,7 @@ impl Ring {
 
     /// Completes with -ETIME after `after`.
     pub fn timeout(&mut self, after: Duration, token: Token) -> Result<OpId> {
-        let held = Box::new(
-            types::Timespec::new()
-                .sec(after.as_secs())
-                .nsec(after.subsec_nanos()),
-        );
+        let held = Box::new(types::Timespec::new().sec(after.as_secs()).nsec(after.subsec_nanos()));
         let entry = opcode::Timeout::new(&*held as *const types::Timespec).build();
         self.submit_entry(entry, token, Held::Timespec(held))
     }
@@ -321,27 +267,16 @@ impl Ring {
     /// Posts a completion carrying `payload` on another ring (IORING_OP_MSG_RING): the
     /// cross-shard wake-up. `payload` must not have `USER_DATA_MESSAGE_BIT` set.
     pub fn msg_ring(&mut self, target_ring_fd: RawFd, payload: u64, token: Token) -> Result<OpId> {
-        assert_eq!(
-            payload & USER_DATA_MESSAGE_BIT,
-            0,
-            "message payload uses the tag bit"
-        );
-        let entry = opcode::MsgRingData::new(
-            types::Fd(target_ring_fd),
-            0,
-            payload | USER_DATA_MESSAGE_BIT,
-            None,
-        )
-        .build();
+        assert_eq!(payload & USER_DATA_MESSAGE_BIT, 0, "message payload uses the tag bit");
+        let entry =
+            opcode::MsgRingData::new(types::Fd(target_ring_fd), 0, payload | USER_DATA_MESSAGE_BIT, None).build();
         self.submit_entry(entry, token, Held::Nothing)
     }
 
     /// Asks the kernel to cancel an operation. Its own completion (usually -ECANCELED) still
     /// arrives and hands back its buffer.
     pub fn cancel(&mut self, op: OpId) -> Result<()> {
-        let entry = opcode::AsyncCancel::new(op.0 as u64)
-            .build()
-            .user_data(USER_DATA_CANCEL);
+        let entry = opcode::AsyncCancel::new(op.0 as u64).build().user_data(USER_DATA_CANCEL);
         self.push(entry)
     }
 
@@ -364,9 +299,7 @@ impl Ring {
     }
 
     fn release(&mut self, index: u32) -> Slot {
-        let slot = self.slots[index as usize]
-            .take()
-            .expect("completion for a free slot");
+        let slot = self.slots[index as usize].take().expect("completion for a free slot");
         self.free.push(index);
         self.in_flight -= 1;
         slot
@@ -384,13 +317,7 @@ impl Ring {
             }
             if user_data & USER_DATA_MESSAGE_BIT != 0 {
                 let payload = user_data & !USER_DATA_MESSAGE_BIT;
-                out.push(Completion {
-                    token: payload,
-                    result,
-                    kind: CompletionKind::Message,
-                    buf: None,
-                    peer: None,
-                });
+                out.push(Completion { token: payload, result, kind: CompletionKind::Message, buf: None, peer: None });
                 continue;
             }
             let index = user_data as u32;
@@ -413,9 +340,7 @@ impl Ring {
             }
             if cqueue::more(flags) {
                 // SEND_ZC's first completion: the slot (and the buffer) stay until the notification.
-                let slot = self.slots[index as usize]
-                    .as_ref()
-                    .expect("completion for a free slot");
+                let slot = self.slots[index as usize].as_ref().expect("completion for a free slot");
                 out.push(Completion {
                     token: slot.token,
                     result,
@@ -434,20 +359,12 @@ impl Ring {
                     }
                     (Some(buf), None)
                 }
-                Held::Accept(addr) if result >= 0 => {
-                    (None, crate::io::net::sockaddr_to(&addr.0, addr.1))
-                }
+                Held::Accept(addr) if result >= 0 => (None, crate::io::net::sockaddr_to(&addr.0, addr.1)),
                 _ => (None, None),
             };
             // A SEND_ZC that fails posts a single CQE without IORING_CQE_F_MORE: it ends here, as
             // `Done`, with its buffer.
-            out.push(Completion {
-                token: slot.token,
-                result,
-                kind: CompletionKind::Done,
-                buf,
-                peer,
-            });
+            out.push(Completion { token: slot.token, result, kind: CompletionKind::Done, buf, peer });
         }
     }
 }

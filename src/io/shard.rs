@@ -44,19 +44,14 @@ pub fn pin_to_core(core: usize) -> Result<()> {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc != 0 {
-        return Err(Error::io(
-            format!("pin thread to core {core}"),
-            std::io::Error::last_os_error(),
-        ));
+        return Err(Error::io(format!("pin thread to core {core}"), std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
 /// Cores this process may run on.
 pub fn available_cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Runs `work` on the calling thread's ring until `before_sleep` returns false.
@@ -81,9 +76,7 @@ pub fn run(ring: &mut Ring, work: &mut impl ShardWork) -> Result<()> {
         if sleep && ring.in_flight() > 0 {
             ring.submit_and_wait(1)?;
         } else if sleep {
-            return Err(Error::Config(
-                "shard loop would sleep forever: nothing in flight and no doorbell".into(),
-            ));
+            return Err(Error::Config("shard loop would sleep forever: nothing in flight and no doorbell".into()));
         } else {
             ring.submit()?;
         }

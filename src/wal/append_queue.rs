@@ -28,22 +28,11 @@ unsafe impl<T: Send> Sync for BoundedQueue<T> {}
 
 impl<T> BoundedQueue<T> {
     pub fn new(capacity: usize) -> Self {
-        assert!(
-            capacity >= 2 && capacity.is_power_of_two(),
-            "capacity must be a power of two >= 2"
-        );
+        assert!(capacity >= 2 && capacity.is_power_of_two(), "capacity must be a power of two >= 2");
         let slots = (0..capacity)
-            .map(|i| Slot {
-                sequence: AtomicUsize::new(i),
-                value: UnsafeCell::new(MaybeUninit::uninit()),
-            })
+            .map(|i| Slot { sequence: AtomicUsize::new(i), value: UnsafeCell::new(MaybeUninit::uninit()) })
             .collect();
-        Self {
-            slots,
-            mask: capacity - 1,
-            enqueue_pos: AtomicUsize::new(0),
-            dequeue_pos: AtomicUsize::new(0),
-        }
+        Self { slots, mask: capacity - 1, enqueue_pos: AtomicUsize::new(0), dequeue_pos: AtomicUsize::new(0) }
     }
 
     pub fn capacity(&self) -> usize {
@@ -58,12 +47,7 @@ impl<T> BoundedQueue<T> {
             let sequence = slot.sequence.load(Ordering::Acquire);
             let diff = sequence as isize - pos as isize;
             if diff == 0 {
-                match self.enqueue_pos.compare_exchange_weak(
-                    pos,
-                    pos + 1,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
+                match self.enqueue_pos.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
                     Ok(_) => {
                         // SAFETY: winning the CAS for `pos` while the slot's sequence equals `pos`
                         // gives this thread sole access to the slot until it publishes below.
@@ -89,12 +73,7 @@ impl<T> BoundedQueue<T> {
             let sequence = slot.sequence.load(Ordering::Acquire);
             let diff = sequence as isize - (pos + 1) as isize;
             if diff == 0 {
-                match self.dequeue_pos.compare_exchange_weak(
-                    pos,
-                    pos + 1,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
+                match self.dequeue_pos.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
                     Ok(_) => {
                         // SAFETY: the Acquire load of `pos + 1` saw the producer's Release store,
                         // so the value is initialized, and winning the CAS makes it ours alone.
@@ -138,10 +117,7 @@ mod tests {
             q.push(i).unwrap();
         }
         assert_eq!(q.push(9), Err(9));
-        assert_eq!(
-            (0..4).map(|_| q.pop().unwrap()).collect::<Vec<_>>(),
-            vec![0, 1, 2, 3]
-        );
+        assert_eq!((0..4).map(|_| q.pop().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         assert_eq!(q.pop(), None);
     }
 

@@ -26,11 +26,7 @@ pub struct LogFailed;
 impl HardenedLsn {
     pub fn new(initial: Lsn) -> Self {
         assert!(initial.0 <= LSN_MASK);
-        Self {
-            word: AtomicU64::new(initial.0),
-            lock: Mutex::new(()),
-            cond: Condvar::new(),
-        }
+        Self { word: AtomicU64::new(initial.0), lock: Mutex::new(()), cond: Condvar::new() }
     }
 
     pub fn get(&self) -> Lsn {

@@ -21,8 +21,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::constants::{
-    APPEND_QUEUE_CAPACITY, BLOCK_SIZE, LOG_BUFFERS_PER_LOG, LOG_BUFFER_SIZE, RECORD_BODY_SIZE_MAX,
-    RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+    APPEND_QUEUE_CAPACITY, BLOCK_SIZE, LOG_BUFFERS_PER_LOG, LOG_BUFFER_SIZE, RECORD_BODY_SIZE_MAX, RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::io::buffer::AlignedBuf;
@@ -165,8 +165,7 @@ impl LogWriter {
     /// `op_token` is the ring token of this log's writes.
     pub fn open(config: LogConfig, op_token: Token) -> Result<(Self, RecoveryReport)> {
         segment::validate_segment_size(config.segment_size).map_err(Error::Config)?;
-        std::fs::create_dir_all(&config.dir)
-            .context(|| format!("create {}", config.dir.display()))?;
+        std::fs::create_dir_all(&config.dir).context(|| format!("create {}", config.dir.display()))?;
         crate::io::probe::check_direct_io(&config.dir)?;
         segment::remove_temporary_files(&config.dir)?;
         let mut report = recovery::scan(&config.dir, Some(config.db_id), |_, _| {})?;
@@ -180,33 +179,21 @@ impl LogWriter {
         }
         let preparer = SegmentPreparer::start(&config.dir)?;
         if report.segments.is_empty() {
-            let header =
-                SegmentHeader::new(config.db_id, Lsn::ZERO, config.segment_size, config.epoch);
+            let header = SegmentHeader::new(config.db_id, Lsn::ZERO, config.segment_size, config.epoch);
             let path = preparer.take(header)?;
-            report.segments.push(recovery::SegmentInfo {
-                path,
-                header,
-                file_len: header.segment_size,
-            });
+            report.segments.push(recovery::SegmentInfo { path, header, file_len: header.segment_size });
         }
         let end = report.end_lsn;
         // The segment holding the end; segments after it hold no valid record (recovery proved
         // that) and are removed so the stream continues without a gap.
-        let current = report
-            .segments
-            .iter()
-            .position(|s| end < s.header.end_lsn())
-            .unwrap_or(report.segments.len() - 1);
+        let current =
+            report.segments.iter().position(|s| end < s.header.end_lsn()).unwrap_or(report.segments.len() - 1);
         for later in &report.segments[current + 1..] {
-            std::fs::remove_file(&later.path)
-                .context(|| format!("remove {}", later.path.display()))?;
+            std::fs::remove_file(&later.path).context(|| format!("remove {}", later.path.display()))?;
         }
         let info = report.segments[current].clone();
         repair_tail(&info, &report)?;
-        let older_segments = report.segments[..current]
-            .iter()
-            .map(|s| (s.header, s.path.clone()))
-            .collect();
+        let older_segments = report.segments[..current].iter().map(|s| (s.header, s.path.clone())).collect();
         let file = Arc::new(open_direct(&info.path)?);
         let gathering = Gathering {
             buf: AlignedBuf::new(LOG_BUFFER_SIZE),
@@ -223,17 +210,11 @@ impl LogWriter {
         });
         let mut writer = Self {
             op_token,
-            segment: OpenSegment {
-                header: info.header,
-                path: info.path.clone(),
-                file,
-            },
+            segment: OpenSegment { header: info.header, path: info.path.clone(), file },
             older_segments,
             gathering,
             in_flight: None,
-            spare_bufs: (1..LOG_BUFFERS_PER_LOG)
-                .map(|_| AlignedBuf::new(LOG_BUFFER_SIZE))
-                .collect(),
+            spare_bufs: (1..LOG_BUFFERS_PER_LOG).map(|_| AlignedBuf::new(LOG_BUFFER_SIZE)).collect(),
             lsn_appended: end,
             lsn_hardened: end,
             waiters: HardenedWaiters::default(),
@@ -328,10 +309,7 @@ impl LogWriter {
             return Err(AppendError::Failed(detail.clone()));
         }
         if body.len() > RECORD_BODY_SIZE_MAX {
-            return Err(AppendError::TooLarge {
-                size: body.len(),
-                max: RECORD_BODY_SIZE_MAX,
-            });
+            return Err(AppendError::TooLarge { size: body.len(), max: RECORD_BODY_SIZE_MAX });
         }
         if self.gathering.sealed {
             return Err(AppendError::Full);
@@ -404,11 +382,7 @@ impl LogWriter {
     /// Appends queued requests from other threads.
     pub fn drain_remote(&mut self) {
         loop {
-            let Some(request) = self
-                .deferred_remote
-                .take()
-                .or_else(|| self.inbox.queue.pop())
-            else {
+            let Some(request) = self.deferred_remote.take().or_else(|| self.inbox.queue.pop()) else {
                 return;
             };
             match self.append(request.kind, &request.body) {
@@ -417,9 +391,9 @@ impl LogWriter {
                     self.deferred_remote = Some(request);
                     return;
                 }
-                Err(AppendError::TooLarge { size, max }) => request
-                    .reply
-                    .set(Err(format!("record of {size} bytes exceeds {max}"))),
+                Err(AppendError::TooLarge { size, max }) => {
+                    request.reply.set(Err(format!("record of {size} bytes exceeds {max}")))
+                }
                 Err(AppendError::Failed(detail)) => request.reply.set(Err(detail)),
             }
         }
@@ -440,16 +414,9 @@ impl LogWriter {
         }
         let segment_end = self.segment.header.end_lsn();
         let closes_segment = self.gathering.sealed || end == segment_end;
-        let mut next = self
-            .spare_bufs
-            .pop()
-            .unwrap_or_else(|| AlignedBuf::new(LOG_BUFFER_SIZE));
+        let mut next = self.spare_bufs.pop().unwrap_or_else(|| AlignedBuf::new(LOG_BUFFER_SIZE));
         let len = self.gathering.buf.len();
-        let next_start = if closes_segment {
-            end
-        } else {
-            end.block_floor()
-        };
+        let next_start = if closes_segment { end } else { end.block_floor() };
         let carry = end.since(next_start) as usize;
         next.set_len(carry);
         next[..carry].copy_from_slice(&self.gathering.buf[len - carry..len]);
@@ -461,29 +428,11 @@ impl LogWriter {
         let records = self.gathering.records;
         let gathered = std::mem::replace(
             &mut self.gathering,
-            Gathering {
-                buf: next,
-                start_lsn: next_start,
-                batch_lsn: end,
-                sealed: false,
-                records: 0,
-            },
+            Gathering { buf: next, start_lsn: next_start, batch_lsn: end, sealed: false, records: 0 },
         );
         let file = self.segment.file.clone();
-        ring.write_at(
-            file.as_raw_fd(),
-            gathered.buf,
-            write_len,
-            offset,
-            libc::RWF_DSYNC,
-            self.op_token,
-        )?;
-        self.in_flight = Some(InFlight {
-            end_lsn: end,
-            write_len,
-            records,
-            _file: file,
-        });
+        ring.write_at(file.as_raw_fd(), gathered.buf, write_len, offset, libc::RWF_DSYNC, self.op_token)?;
+        self.in_flight = Some(InFlight { end_lsn: end, write_len, records, _file: file });
         if closes_segment {
             self.gathering.sealed = true;
             self.rotate()?;
@@ -518,10 +467,7 @@ impl LogWriter {
 
     /// Takes the completion of this log's write. Wakes go to `wakes`.
     pub fn complete(&mut self, mut completion: Completion, wakes: &mut Vec<Wake>) {
-        let in_flight = self
-            .in_flight
-            .take()
-            .expect("log write completion without a write in flight");
+        let in_flight = self.in_flight.take().expect("log write completion without a write in flight");
         if let Some(buf) = completion.buf.take() {
             self.spare_bufs.push(buf);
         }
@@ -563,10 +509,7 @@ impl LogWriter {
     /// A failed write or flush is fatal for this log: the page cache may have dropped the data,
     /// so retrying would lie (fsync(2), ERRORS; the 2018 "fsyncgate" discussion).
     fn fail(&mut self, detail: String) {
-        eprintln!(
-            "mirrorlog: database {}: {detail}; the log is now failed",
-            self.config.db_id
-        );
+        eprintln!("mirrorlog: database {}: {detail}; the log is now failed", self.config.db_id);
         self.failed = Some(detail);
         self.inbox.hardened.fail();
     }
@@ -577,9 +520,7 @@ impl LogWriter {
         tokens.append(&mut self.space_waiters);
         wakes.extend(tokens.into_iter().map(Wake::Failed));
         if let Some(request) = self.deferred_remote.take() {
-            request
-                .reply
-                .set(Err(self.failed.clone().unwrap_or_default()));
+            request.reply.set(Err(self.failed.clone().unwrap_or_default()));
         }
     }
 
@@ -598,11 +539,7 @@ impl LogWriter {
 
     /// Segment files currently part of the log, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        self.older_segments
-            .iter()
-            .map(|(_, p)| p.clone())
-            .chain(std::iter::once(self.segment.path.clone()))
-            .collect()
+        self.older_segments.iter().map(|(_, p)| p.clone()).chain(std::iter::once(self.segment.path.clone())).collect()
     }
 
     /// Waits for background segment work (tests).
@@ -616,11 +553,7 @@ impl LogWriter {
 
     /// Checks the LSN ordering invariants (cheap; on in release builds).
     pub fn validate(&self) {
-        let in_flight_end = self
-            .in_flight
-            .as_ref()
-            .map(|f| f.end_lsn)
-            .unwrap_or(self.lsn_hardened);
+        let in_flight_end = self.in_flight.as_ref().map(|f| f.end_lsn).unwrap_or(self.lsn_hardened);
         assert!(
             self.lsn_hardened <= in_flight_end,
             "hardened {} beyond in-flight end {}",
@@ -628,18 +561,11 @@ impl LogWriter {
             in_flight_end
         );
         assert!(
-            in_flight_end <= self.gathering.batch_lsn
-                || self.gathering.batch_lsn == self.segment.header.first_lsn,
+            in_flight_end <= self.gathering.batch_lsn || self.gathering.batch_lsn == self.segment.header.first_lsn,
             "in-flight end beyond gathering start"
         );
-        assert!(
-            self.gathering.end_lsn() <= self.lsn_appended,
-            "gathering end beyond appended"
-        );
-        assert!(
-            self.lsn_appended <= self.segment.header.end_lsn(),
-            "appended beyond segment end"
-        );
+        assert!(self.gathering.end_lsn() <= self.lsn_appended, "gathering end beyond appended");
+        assert!(self.lsn_appended <= self.segment.header.end_lsn(), "appended beyond segment end");
     }
 }
 
@@ -647,15 +573,11 @@ impl LogWriter {
 /// cut (keeping the bytes before it in its block), and give a short segment file its full size.
 fn repair_tail(info: &recovery::SegmentInfo, report: &RecoveryReport) -> Result<()> {
     let path = &info.path;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .context(|| format!("open {}", path.display()))?;
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).open(path).context(|| format!("open {}", path.display()))?;
     let mut changed = false;
     if info.file_len < info.header.segment_size {
-        file.set_len(info.header.segment_size)
-            .context(|| format!("extend {}", path.display()))?;
+        file.set_len(info.header.segment_size).context(|| format!("extend {}", path.display()))?;
         changed = true;
     }
     if let Some(torn) = report.torn_tail {
@@ -668,16 +590,13 @@ fn repair_tail(info: &recovery::SegmentInfo, report: &RecoveryReport) -> Result<
         );
         let from = SEGMENT_HEADER_SIZE as u64 + torn.cut_at.since(info.header.first_lsn);
         let to = SEGMENT_HEADER_SIZE as u64
-            + recovery::torn_window_end(torn.cut_at, info.header.end_lsn())
-                .since(info.header.first_lsn);
+            + recovery::torn_window_end(torn.cut_at, info.header.end_lsn()).since(info.header.first_lsn);
         let zeros = vec![0u8; (to - from) as usize];
-        file.write_all_at(&zeros, from)
-            .context(|| format!("zero torn tail of {}", path.display()))?;
+        file.write_all_at(&zeros, from).context(|| format!("zero torn tail of {}", path.display()))?;
         changed = true;
     }
     if changed {
-        file.sync_all()
-            .context(|| format!("fsync {}", path.display()))?;
+        file.sync_all().context(|| format!("fsync {}", path.display()))?;
     }
     Ok(())
 }

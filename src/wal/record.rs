@@ -53,15 +53,7 @@ fn header_crc(db_id: DbId, header_tail: &[u8]) -> u32 {
 }
 
 /// Encodes a record into `out` (which must be exactly `record_size(body.len())` bytes).
-pub fn encode(
-    out: &mut [u8],
-    db_id: DbId,
-    lsn: Lsn,
-    epoch: Epoch,
-    batch_lsn: Lsn,
-    kind: RecordKind,
-    body: &[u8],
-) {
+pub fn encode(out: &mut [u8], db_id: DbId, lsn: Lsn, epoch: Epoch, batch_lsn: Lsn, kind: RecordKind, body: &[u8]) {
     assert_eq!(out.len(), record_size(body.len()));
     let (header, rest) = out.split_at_mut(RECORD_HEADER_SIZE);
     rest[..body.len()].copy_from_slice(body);
@@ -138,19 +130,13 @@ pub fn parse_header(bytes: &[u8]) -> Option<RecordHeader> {
 /// at most to the end of the segment; a record reaching past it is `Truncated`. Never panics.
 pub fn check(bytes: &[u8], db_id: DbId, lsn: Lsn) -> RecordCheck {
     let Some(header_bytes) = bytes.get(..RECORD_HEADER_SIZE) else {
-        return if bytes.iter().all(|&b| b == 0) {
-            RecordCheck::Zeroed
-        } else {
-            RecordCheck::Truncated
-        };
+        return if bytes.iter().all(|&b| b == 0) { RecordCheck::Zeroed } else { RecordCheck::Truncated };
     };
     if header_bytes.iter().all(|&b| b == 0) {
         return RecordCheck::Zeroed;
     }
     let header = parse_header(header_bytes).expect("header bytes present");
-    if header_crc(db_id, &header_bytes[4..]) != header.header_crc
-        || header_bytes[37..40] != [0, 0, 0]
-    {
+    if header_crc(db_id, &header_bytes[4..]) != header.header_crc || header_bytes[37..40] != [0, 0, 0] {
         return RecordCheck::BadHeader;
     }
     if header.lsn != lsn {
@@ -177,15 +163,7 @@ mod tests {
 
     fn encoded(body: &[u8], lsn: u64) -> Vec<u8> {
         let mut out = vec![0u8; record_size(body.len())];
-        encode(
-            &mut out,
-            DbId(7),
-            Lsn(lsn),
-            Epoch(3),
-            Lsn(lsn),
-            RecordKind::DATA,
-            body,
-        );
+        encode(&mut out, DbId(7), Lsn(lsn), Epoch(3), Lsn(lsn), RecordKind::DATA, body);
         out
     }
 
@@ -207,10 +185,7 @@ mod tests {
     fn identity_is_bound() {
         let bytes = encoded(b"hello", 4096);
         assert_eq!(check(&bytes, DbId(8), Lsn(4096)), RecordCheck::BadHeader);
-        assert!(matches!(
-            check(&bytes, DbId(7), Lsn(0)),
-            RecordCheck::WrongLsn(_)
-        ));
+        assert!(matches!(check(&bytes, DbId(7), Lsn(0)), RecordCheck::WrongLsn(_)));
     }
 
     #[test]
@@ -219,10 +194,7 @@ mod tests {
         for bit in 0..(RECORD_HEADER_SIZE + 15) * 8 {
             let mut copy = bytes.clone();
             copy[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                !matches!(check(&copy, DbId(7), Lsn(0)), RecordCheck::Valid(_)),
-                "bit {bit}"
-            );
+            assert!(!matches!(check(&copy, DbId(7), Lsn(0)), RecordCheck::Valid(_)), "bit {bit}");
         }
     }
 
@@ -230,11 +202,7 @@ mod tests {
     fn truncation_and_zeroes() {
         let bytes = encoded(b"0123456789abcdef", 0);
         for cut in 1..bytes.len() {
-            assert_eq!(
-                check(&bytes[..cut], DbId(7), Lsn(0)),
-                RecordCheck::Truncated,
-                "cut {cut}"
-            );
+            assert_eq!(check(&bytes[..cut], DbId(7), Lsn(0)), RecordCheck::Truncated, "cut {cut}");
         }
         assert_eq!(check(&[0u8; 64], DbId(7), Lsn(0)), RecordCheck::Zeroed);
         assert_eq!(check(&[], DbId(7), Lsn(0)), RecordCheck::Zeroed);

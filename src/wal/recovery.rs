@@ -30,9 +30,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::constants::{
-    BLOCK_SIZE, LOG_BUFFER_SIZE, RECORD_ALIGN, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
-};
+use crate::constants::{BLOCK_SIZE, LOG_BUFFER_SIZE, RECORD_ALIGN, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
 use crate::error::{Error, Result};
 use crate::wal::record::{self, RecordCheck, RecordHeader, RecordKind};
 use crate::wal::segment::{self, SegmentHeader};
@@ -77,11 +75,7 @@ impl Observation {
 }
 
 impl Evidence {
-    pub const ALL: [Evidence; 3] = [
-        Evidence::None,
-        Evidence::SameBatchOnly,
-        Evidence::LaterBatch,
-    ];
+    pub const ALL: [Evidence; 3] = [Evidence::None, Evidence::SameBatchOnly, Evidence::LaterBatch];
 }
 
 /// The decision table above, as code.
@@ -139,50 +133,31 @@ pub struct TornTail {
 /// Reads and checks every segment of `dir`. `visit` sees each valid record (header and body) in
 /// order, except the log's own padding records. Corruption and refused segments are errors; a torn tail is reported, not repaired (the
 /// writer repairs it on open, see `LogWriter::open`).
-pub fn scan(
-    dir: &Path,
-    db_id: Option<DbId>,
-    mut visit: impl FnMut(&RecordHeader, &[u8]),
-) -> Result<RecoveryReport> {
+pub fn scan(dir: &Path, db_id: Option<DbId>, mut visit: impl FnMut(&RecordHeader, &[u8])) -> Result<RecoveryReport> {
     let listed = segment::list_segments(dir)?;
     let mut segments = Vec::with_capacity(listed.len());
     let mut contents = Vec::with_capacity(listed.len());
     let mut db_id = db_id;
     for (name_lsn, path) in listed {
         let bytes = segment::read_segment(&path)?;
-        let header =
-            SegmentHeader::decode(&bytes[..bytes.len().min(SEGMENT_HEADER_SIZE)], &path, db_id)?;
+        let header = SegmentHeader::decode(&bytes[..bytes.len().min(SEGMENT_HEADER_SIZE)], &path, db_id)?;
         db_id = Some(header.db_id);
         if header.first_lsn != name_lsn {
             return Err(Error::SegmentHeaderInvalid {
                 path,
-                detail: format!(
-                    "file name says {name_lsn}, header says {}",
-                    header.first_lsn
-                ),
+                detail: format!("file name says {name_lsn}, header says {}", header.first_lsn),
             });
         }
         if let Some(prev) = segments.last().map(|s: &SegmentInfo| s.header.end_lsn()) {
             if header.first_lsn != prev {
-                return Err(Error::SegmentGap {
-                    path,
-                    found: header.first_lsn,
-                    expected: prev,
-                });
+                return Err(Error::SegmentGap { path, found: header.first_lsn, expected: prev });
             }
         }
-        segments.push(SegmentInfo {
-            path,
-            header,
-            file_len: bytes.len() as u64,
-        });
+        segments.push(SegmentInfo { path, header, file_len: bytes.len() as u64 });
         contents.push(bytes);
     }
     let db_id = db_id.unwrap_or_default();
-    let start_lsn = segments
-        .first()
-        .map(|s| s.header.first_lsn)
-        .unwrap_or(Lsn::ZERO);
+    let start_lsn = segments.first().map(|s| s.header.first_lsn).unwrap_or(Lsn::ZERO);
     let mut report = RecoveryReport {
         segments: segments.clone(),
         start_lsn,
@@ -202,9 +177,7 @@ pub fn scan(
             let available = &data[offset.min(data.len())..data.len().min(data_size)];
             let checked = record::check(available, db_id, lsn);
             let observation = match checked {
-                RecordCheck::Valid(h) if report.last_epoch.is_some_and(|e| h.epoch < e) => {
-                    Observation::EpochRegressed
-                }
+                RecordCheck::Valid(h) if report.last_epoch.is_some_and(|e| h.epoch < e) => Observation::EpochRegressed,
                 RecordCheck::Valid(_) => Observation::Valid,
                 RecordCheck::Zeroed => Observation::Zeroed,
                 RecordCheck::WrongLsn(_) => Observation::WrongLsn,
@@ -224,8 +197,7 @@ pub fn scan(
                     continue;
                 }
             }
-            let (evidence, later) =
-                search_evidence(&segments, &contents, db_id, index, offset, lsn);
+            let (evidence, later) = search_evidence(&segments, &contents, db_id, index, offset, lsn);
             return match decide(observation, evidence) {
                 Decision::Accept => unreachable!("only valid records are accepted"),
                 Decision::EndOfLog => {
@@ -234,17 +206,10 @@ pub fn scan(
                 }
                 Decision::CutTornTail => {
                     report.end_observation = Some(observation);
-                    report.torn_tail = Some(TornTail {
-                        cut_at: lsn,
-                        observation,
-                        valid_records_discarded: later,
-                    });
+                    report.torn_tail = Some(TornTail { cut_at: lsn, observation, valid_records_discarded: later });
                     Ok(report)
                 }
-                Decision::Corrupt => Err(Error::LogCorrupt {
-                    lsn,
-                    detail: corruption_detail(observation, checked),
-                }),
+                Decision::Corrupt => Err(Error::LogCorrupt { lsn, detail: corruption_detail(observation, checked) }),
             };
         }
         // A remainder smaller than a record header is skipped by the writer; the next segment
@@ -256,10 +221,9 @@ pub fn scan(
 
 fn corruption_detail(observation: Observation, checked: RecordCheck) -> String {
     match (observation, checked) {
-        (Observation::EpochRegressed, RecordCheck::Valid(h)) => format!(
-            "record with {} after a record of a higher role sequence",
-            h.epoch
-        ),
+        (Observation::EpochRegressed, RecordCheck::Valid(h)) => {
+            format!("record with {} after a record of a higher role sequence", h.epoch)
+        }
         (Observation::BadBody, _) => "record body checksum mismatch".into(),
         (Observation::BadHeader, _) => "record header checksum mismatch".into(),
         (Observation::Truncated, _) => "record extends past the end of the segment file".into(),
@@ -316,9 +280,7 @@ fn search_evidence(
 /// The stretch a torn last write can have touched after `cut_at`, within its segment: the writer
 /// zeroes it before appending again, so no stale record of the torn batch can ever validate later.
 pub fn torn_window_end(cut_at: Lsn, segment_end: Lsn) -> Lsn {
-    let end = cut_at
-        .block_floor()
-        .advance((LOG_BUFFER_SIZE + BLOCK_SIZE) as u64);
+    let end = cut_at.block_floor().advance((LOG_BUFFER_SIZE + BLOCK_SIZE) as u64);
     end.min(segment_end)
 }
 
@@ -336,16 +298,10 @@ mod tests {
                     Observation::Valid => Decision::Accept,
                     Observation::EpochRegressed => Decision::Corrupt,
                     _ if evidence == Evidence::LaterBatch => Decision::Corrupt,
-                    Observation::Zeroed | Observation::WrongLsn if evidence == Evidence::None => {
-                        Decision::EndOfLog
-                    }
+                    Observation::Zeroed | Observation::WrongLsn if evidence == Evidence::None => Decision::EndOfLog,
                     _ => Decision::CutTornTail,
                 };
-                assert_eq!(
-                    decide(observation, evidence),
-                    expected,
-                    "{observation:?} with {evidence:?}"
-                );
+                assert_eq!(decide(observation, evidence), expected, "{observation:?} with {evidence:?}");
                 seen += 1;
             }
         }

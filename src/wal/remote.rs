@@ -18,10 +18,7 @@ pub struct AppendReply {
 
 impl AppendReply {
     pub fn new() -> Self {
-        Self {
-            slot: Mutex::new(None),
-            cond: Condvar::new(),
-        }
+        Self { slot: Mutex::new(None), cond: Condvar::new() }
     }
 
     pub fn set(&self, result: std::result::Result<Lsn, String>) {
@@ -74,11 +71,7 @@ impl LogHandle {
     /// Appends one record and returns its end LSN once it is hardened.
     pub fn append_and_wait(&self, kind: RecordKind, body: Vec<u8>) -> Result<Lsn> {
         let reply = Arc::new(AppendReply::new());
-        let mut request = AppendRequest {
-            kind,
-            body,
-            reply: reply.clone(),
-        };
+        let mut request = AppendRequest { kind, body, reply: reply.clone() };
         loop {
             match self.inbox.queue.push(request) {
                 Ok(()) => break,
@@ -91,9 +84,10 @@ impl LogHandle {
         }
         self.inbox.doorbell.ring();
         let end = reply.wait().map_err(Error::LogFailed)?;
-        self.inbox.hardened.wait_for(end).map_err(|_| {
-            Error::LogFailed("the log failed before the record was hardened".into())
-        })?;
+        self.inbox
+            .hardened
+            .wait_for(end)
+            .map_err(|_| Error::LogFailed("the log failed before the record was hardened".into()))?;
         Ok(end)
     }
 

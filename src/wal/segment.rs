@@ -39,13 +39,7 @@ pub struct SegmentHeader {
 
 impl SegmentHeader {
     pub fn new(db_id: DbId, first_lsn: Lsn, segment_size: u64, epoch: Epoch) -> Self {
-        Self {
-            version: SEGMENT_FORMAT_VERSION,
-            db_id,
-            first_lsn,
-            segment_size,
-            epoch,
-        }
+        Self { version: SEGMENT_FORMAT_VERSION, db_id, first_lsn, segment_size, epoch }
     }
 
     /// Log bytes the segment holds.
@@ -107,19 +101,11 @@ impl SegmentHeader {
         };
         if let Some(expected) = expected_db {
             if header.db_id != expected {
-                return Err(Error::SegmentWrongDatabase {
-                    path: path_buf(),
-                    found: header.db_id,
-                    expected,
-                });
+                return Err(Error::SegmentWrongDatabase { path: path_buf(), found: header.db_id, expected });
             }
         }
-        validate_segment_size(header.segment_size).map_err(|detail| {
-            Error::SegmentHeaderInvalid {
-                path: path_buf(),
-                detail,
-            }
-        })?;
+        validate_segment_size(header.segment_size)
+            .map_err(|detail| Error::SegmentHeaderInvalid { path: path_buf(), detail })?;
         if header.first_lsn.0 % BLOCK_SIZE as u64 != 0 {
             return Err(Error::SegmentHeaderInvalid {
                 path: path_buf(),
@@ -132,7 +118,9 @@ impl SegmentHeader {
 
 pub fn validate_segment_size(size: u64) -> std::result::Result<(), String> {
     if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&size) || size % BLOCK_SIZE as u64 != 0 {
-        return Err(format!("segment size {size} must be a multiple of {BLOCK_SIZE} between {SEGMENT_SIZE_MIN} and {SEGMENT_SIZE_MAX}"));
+        return Err(format!(
+            "segment size {size} must be a multiple of {BLOCK_SIZE} between {SEGMENT_SIZE_MIN} and {SEGMENT_SIZE_MAX}"
+        ));
     }
     Ok(())
 }
@@ -170,9 +158,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
 pub fn list_recycled(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).context(|| format!("read directory {}", dir.display()))? {
-        let path = entry
-            .context(|| format!("read directory {}", dir.display()))?
-            .path();
+        let path = entry.context(|| format!("read directory {}", dir.display()))?.path();
         if path.to_str().is_some_and(|p| p.ends_with(RECYCLE_SUFFIX)) {
             out.push(path);
         }
@@ -184,9 +170,7 @@ pub fn list_recycled(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Removes half-prepared segment files left by a crash (they never got their final name).
 pub fn remove_temporary_files(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).context(|| format!("read directory {}", dir.display()))? {
-        let path = entry
-            .context(|| format!("read directory {}", dir.display()))?
-            .path();
+        let path = entry.context(|| format!("read directory {}", dir.display()))?.path();
         if path.to_str().is_some_and(|p| p.ends_with(TMP_SUFFIX)) {
             std::fs::remove_file(&path).context(|| format!("remove {}", path.display()))?;
         }
@@ -197,29 +181,15 @@ pub fn remove_temporary_files(dir: &Path) -> Result<()> {
 /// Creates the segment described by `header` under its final name, durably: reuses a recycled
 /// file when one is given, else zero-fills a new one (overwriting written blocks later is cheaper
 /// than writing into unwritten extents; see ../shared/CRATES.md).
-pub fn create_segment(
-    dir: &Path,
-    header: &SegmentHeader,
-    recycled: Option<PathBuf>,
-) -> Result<PathBuf> {
+pub fn create_segment(dir: &Path, header: &SegmentHeader, recycled: Option<PathBuf>) -> Result<PathBuf> {
     let final_path = dir.join(segment_file_name(header.first_lsn));
-    let tmp_path = dir.join(format!(
-        "{}{TMP_SUFFIX}",
-        segment_file_name(header.first_lsn)
-    ));
-    let reuse = recycled.filter(|p| {
-        std::fs::metadata(p)
-            .map(|m| m.len() == header.segment_size)
-            .unwrap_or(false)
-    });
+    let tmp_path = dir.join(format!("{}{TMP_SUFFIX}", segment_file_name(header.first_lsn)));
+    let reuse = recycled.filter(|p| std::fs::metadata(p).map(|m| m.len() == header.segment_size).unwrap_or(false));
     let file = match &reuse {
         Some(old) => {
             std::fs::rename(old, &tmp_path)
                 .context(|| format!("rename {} to {}", old.display(), tmp_path.display()))?;
-            OpenOptions::new()
-                .write(true)
-                .open(&tmp_path)
-                .context(|| format!("open {}", tmp_path.display()))?
+            OpenOptions::new().write(true).open(&tmp_path).context(|| format!("open {}", tmp_path.display()))?
         }
         None => {
             let mut file = OpenOptions::new()
@@ -232,17 +202,14 @@ pub fn create_segment(
             let mut left = header.segment_size;
             while left > 0 {
                 let n = left.min(zeros.len() as u64) as usize;
-                file.write_all(&zeros[..n])
-                    .context(|| format!("zero-fill {}", tmp_path.display()))?;
+                file.write_all(&zeros[..n]).context(|| format!("zero-fill {}", tmp_path.display()))?;
                 left -= n as u64;
             }
             file
         }
     };
-    file.write_all_at(&header.encode(), 0)
-        .context(|| format!("write header of {}", tmp_path.display()))?;
-    file.sync_all()
-        .context(|| format!("fsync {}", tmp_path.display()))?;
+    file.write_all_at(&header.encode(), 0).context(|| format!("write header of {}", tmp_path.display()))?;
+    file.sync_all().context(|| format!("fsync {}", tmp_path.display()))?;
     drop(file);
     std::fs::rename(&tmp_path, &final_path)
         .context(|| format!("rename {} to {}", tmp_path.display(), final_path.display()))?;
@@ -255,13 +222,9 @@ pub fn create_segment(
 pub fn retire_segment(dir: &Path, path: &Path, keep: usize) -> Result<()> {
     let kept = list_recycled(dir)?.len();
     if kept < keep {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("segment");
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
         let target = dir.join(format!("{name}{RECYCLE_SUFFIX}"));
-        std::fs::rename(path, &target)
-            .context(|| format!("rename {} to {}", path.display(), target.display()))?;
+        std::fs::rename(path, &target).context(|| format!("rename {} to {}", path.display(), target.display()))?;
     } else {
         std::fs::remove_file(path).context(|| format!("remove {}", path.display()))?;
     }
@@ -288,45 +251,24 @@ mod tests {
         let p = Path::new("seg");
         let bytes = h.encode();
         assert_eq!(SegmentHeader::decode(&bytes, p, Some(DbId(9))).unwrap(), h);
-        assert!(matches!(
-            SegmentHeader::decode(&bytes, p, Some(DbId(1))),
-            Err(Error::SegmentWrongDatabase { .. })
-        ));
+        assert!(matches!(SegmentHeader::decode(&bytes, p, Some(DbId(1))), Err(Error::SegmentWrongDatabase { .. })));
         let mut bad = bytes;
         bad[0] ^= 1;
-        assert!(matches!(
-            SegmentHeader::decode(&bad, p, None),
-            Err(Error::SegmentBadMagic { .. })
-        ));
+        assert!(matches!(SegmentHeader::decode(&bad, p, None), Err(Error::SegmentBadMagic { .. })));
         let mut bad = bytes;
         bad[8] = 2;
-        assert!(matches!(
-            SegmentHeader::decode(&bad, p, None),
-            Err(Error::SegmentVersionUnsupported { found: 2, .. })
-        ));
+        assert!(matches!(SegmentHeader::decode(&bad, p, None), Err(Error::SegmentVersionUnsupported { found: 2, .. })));
         let mut bad = bytes;
         bad[30] ^= 0x10;
-        assert!(matches!(
-            SegmentHeader::decode(&bad, p, None),
-            Err(Error::SegmentHeaderCorrupt { .. })
-        ));
-        assert!(matches!(
-            SegmentHeader::decode(&bytes[..20], p, None),
-            Err(Error::SegmentHeaderInvalid { .. })
-        ));
+        assert!(matches!(SegmentHeader::decode(&bad, p, None), Err(Error::SegmentHeaderCorrupt { .. })));
+        assert!(matches!(SegmentHeader::decode(&bytes[..20], p, None), Err(Error::SegmentHeaderInvalid { .. })));
     }
 
     #[test]
     fn file_names() {
         assert_eq!(segment_file_name(Lsn(0x1000)), "seg-0000000000001000.wal");
-        assert_eq!(
-            parse_segment_file_name("seg-0000000000001000.wal"),
-            Some(Lsn(0x1000))
-        );
+        assert_eq!(parse_segment_file_name("seg-0000000000001000.wal"), Some(Lsn(0x1000)));
         assert_eq!(parse_segment_file_name("seg-1000.wal"), None);
-        assert_eq!(
-            parse_segment_file_name("seg-0000000000001000.wal.tmp"),
-            None
-        );
+        assert_eq!(parse_segment_file_name("seg-0000000000001000.wal.tmp"), None);
     }
 }

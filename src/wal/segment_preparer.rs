@@ -37,29 +37,20 @@ pub struct SegmentPreparer {
 
 impl SegmentPreparer {
     pub fn start(dir: &Path) -> Result<Self> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            cond: Condvar::new(),
-        });
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), cond: Condvar::new() });
         let worker = shared.clone();
         let dir = dir.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("segment-preparer".into())
             .spawn(move || run(&dir, &worker))
             .map_err(|e| Error::io("spawn segment preparer", e))?;
-        Ok(Self {
-            shared,
-            thread: Some(thread),
-        })
+        Ok(Self { shared, thread: Some(thread) })
     }
 
     /// Starts preparing the segment `header` describes (idempotent per first LSN).
     pub fn request(&self, header: SegmentHeader) {
         let mut state = self.shared.state.lock().unwrap();
-        let queued = state
-            .jobs
-            .iter()
-            .any(|j| matches!(j, Job::Prepare(h) if h.first_lsn == header.first_lsn));
+        let queued = state.jobs.iter().any(|j| matches!(j, Job::Prepare(h) if h.first_lsn == header.first_lsn));
         if !queued && !state.prepared.contains_key(&header.first_lsn) {
             state.jobs.push_back(Job::Prepare(header));
             self.shared.cond.notify_all();
@@ -80,10 +71,7 @@ impl SegmentPreparer {
         loop {
             if let Some(result) = state.prepared.remove(&header.first_lsn) {
                 return result.map_err(|detail| {
-                    Error::LogFailed(format!(
-                        "preparing segment at {}: {detail}",
-                        header.first_lsn
-                    ))
+                    Error::LogFailed(format!("preparing segment at {}: {detail}", header.first_lsn))
                 });
             }
             state = self.shared.cond.wait(state).unwrap();
@@ -119,10 +107,7 @@ fn run(dir: &Path, shared: &Shared) {
         let outcome = match &job {
             Job::Prepare(header) => {
                 let recycled = segment::list_recycled(dir).ok().and_then(|mut v| v.pop());
-                Some((
-                    header.first_lsn,
-                    segment::create_segment(dir, header, recycled).map_err(|e| e.to_string()),
-                ))
+                Some((header.first_lsn, segment::create_segment(dir, header, recycled).map_err(|e| e.to_string())))
             }
             Job::Retire(path) => {
                 if let Err(e) = segment::retire_segment(dir, path, SEGMENTS_RECYCLED_MAX) {

@@ -76,9 +76,7 @@ pub fn read_all(dir: &Path) -> Vec<Vec<u8>> {
 }
 
 pub fn bodies(count: usize, seed: usize) -> Vec<Vec<u8>> {
-    (0..count)
-        .map(|i| vec![((i + seed) % 251) as u8; 1 + (i * 37 + seed) % 700])
-        .collect()
+    (0..count).map(|i| vec![((i + seed) % 251) as u8; 1 + (i * 37 + seed) % 700]).collect()
 }
 
 /// Compares record lists without printing megabytes on failure.
