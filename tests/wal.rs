@@ -245,3 +245,27 @@ fn threads_append_through_the_queue_and_wait_for_the_hardened_lsn() {
         assert_eq!(seqs, (0..200).collect::<Vec<_>>(), "thread {t}'s records in its order");
     }
 }
+
+/// A batch that ends fewer than a record header's bytes before the segment end: the next append
+/// must move to the next segment by itself (no write is pending to wake it).
+#[test]
+fn a_segment_remainder_too_small_for_a_header_is_skipped() {
+    let dir = scratch();
+    let mut ring = Ring::new(16).unwrap();
+    let mut log = open(dir.path());
+    let data_size = (SMALL_SEGMENT - mirrorlog::constants::SEGMENT_HEADER_SIZE as u64) as usize;
+    // 62 records of 4040 bytes and one of 7536 leave 32 bytes, less than a 40-byte header.
+    let mut first: Vec<Vec<u8>> = (0..62).map(|i| vec![i as u8; 4000]).collect();
+    first.push(vec![0xaa; 7496]);
+    let used: usize = first.iter().map(|b| mirrorlog::wal::record::record_size(b.len())).sum();
+    assert_eq!(data_size - used, 32);
+    append_batch(&mut log, &mut ring, &first);
+    assert_eq!(log.lsn_hardened().0 as usize, used);
+    let end = log.append(RecordKind::DATA, b"next segment").expect("appended in the next segment");
+    assert_eq!(end.0 as usize, data_size + mirrorlog::wal::record::record_size(12));
+    append_batch(&mut log, &mut ring, &[]);
+    drop(log);
+    let all = read_all(dir.path());
+    assert_eq!(all.len(), 64);
+    assert_eq!(all[63], b"next segment");
+}

@@ -318,6 +318,13 @@ impl LogWriter {
         let segment_end = self.segment.header.end_lsn();
         if self.lsn_appended.advance(size as u64) > segment_end {
             self.seal_segment(segment_end);
+            if self.gathering.sealed && self.gathering.end_lsn() == self.gathering.batch_lsn {
+                // The seal added no bytes (the remainder is too small for a header) and nothing
+                // else waits to be written: no write will complete to wake a waiter, so move to
+                // the next segment now and append there.
+                self.rotate().map_err(|e| AppendError::Failed(e.to_string()))?;
+                return self.append(kind, body);
+            }
             return Err(AppendError::Full);
         }
         let at = self.gathering.buf.len();
