@@ -134,13 +134,14 @@ pub struct TornTail {
 /// order, except the log's own padding records. Corruption and refused segments are errors; a torn tail is reported, not repaired (the
 /// writer repairs it on open, see `LogWriter::open`).
 pub fn scan(dir: &Path, db_id: Option<DbId>, mut visit: impl FnMut(&RecordHeader, &[u8])) -> Result<RecoveryReport> {
+    // Headers first (one block per segment), then records one segment at a time: memory stays at
+    // one segment however long the retained log is.
     let listed = segment::list_segments(dir)?;
     let mut segments = Vec::with_capacity(listed.len());
-    let mut contents = Vec::with_capacity(listed.len());
     let mut db_id = db_id;
     for (name_lsn, path) in listed {
-        let bytes = segment::read_segment(&path)?;
-        let header = SegmentHeader::decode(&bytes[..bytes.len().min(SEGMENT_HEADER_SIZE)], &path, db_id)?;
+        let (head, file_len) = segment::read_header_block(&path)?;
+        let header = SegmentHeader::decode(&head, &path, db_id)?;
         db_id = Some(header.db_id);
         if header.first_lsn != name_lsn {
             return Err(Error::SegmentHeaderInvalid {
@@ -153,8 +154,7 @@ pub fn scan(dir: &Path, db_id: Option<DbId>, mut visit: impl FnMut(&RecordHeader
                 return Err(Error::SegmentGap { path, found: header.first_lsn, expected: prev });
             }
         }
-        segments.push(SegmentInfo { path, header, file_len: bytes.len() as u64 });
-        contents.push(bytes);
+        segments.push(SegmentInfo { path, header, file_len });
     }
     let db_id = db_id.unwrap_or_default();
     let start_lsn = segments.first().map(|s| s.header.first_lsn).unwrap_or(Lsn::ZERO);
@@ -169,7 +169,8 @@ pub fn scan(dir: &Path, db_id: Option<DbId>, mut visit: impl FnMut(&RecordHeader
     };
 
     for (index, segment) in segments.iter().enumerate() {
-        let data = contents[index].get(SEGMENT_HEADER_SIZE..).unwrap_or(&[]);
+        let contents = segment::read_segment(&segment.path)?;
+        let data = contents.get(SEGMENT_HEADER_SIZE..).unwrap_or(&[]);
         let data_size = segment.header.data_size() as usize;
         let mut offset = 0usize;
         while offset + RECORD_HEADER_SIZE <= data_size {
@@ -197,7 +198,7 @@ pub fn scan(dir: &Path, db_id: Option<DbId>, mut visit: impl FnMut(&RecordHeader
                     continue;
                 }
             }
-            let (evidence, later) = search_evidence(&segments, &contents, db_id, index, offset, lsn);
+            let (evidence, later) = search_evidence(&segments, data, db_id, index, offset, lsn)?;
             return match decide(observation, evidence) {
                 Decision::Accept => unreachable!("only valid records are accepted"),
                 Decision::EndOfLog => {
@@ -237,18 +238,25 @@ fn corruption_detail(observation: Observation, checked: RecordCheck) -> String {
 
 /// Searches everything after (`index`, `offset`) for valid records written for their position.
 /// Returns the evidence and how many valid records were found.
+/// `current` is the data of segment `index` (already in memory); later segments are read here.
 fn search_evidence(
     segments: &[SegmentInfo],
-    contents: &[Vec<u8>],
+    current: &[u8],
     db_id: DbId,
     index: usize,
     offset: usize,
     bad_lsn: Lsn,
-) -> (Evidence, u64) {
+) -> Result<(Evidence, u64)> {
     let mut found = 0u64;
     let mut later_batch = false;
     for (i, segment) in segments.iter().enumerate().skip(index) {
-        let data = contents[i].get(SEGMENT_HEADER_SIZE..).unwrap_or(&[]);
+        let loaded;
+        let data = if i == index {
+            current
+        } else {
+            loaded = segment::read_segment(&segment.path)?;
+            loaded.get(SEGMENT_HEADER_SIZE..).unwrap_or(&[])
+        };
         let data = &data[..data.len().min(segment.header.data_size() as usize)];
         let mut at = if i == index { offset + RECORD_ALIGN } else { 0 };
         while at + RECORD_HEADER_SIZE <= data.len() {
@@ -274,7 +282,7 @@ fn search_evidence(
     } else {
         Evidence::None
     };
-    (evidence, found)
+    Ok((evidence, found))
 }
 
 /// The stretch a torn last write can have touched after `cut_at`, within its segment: the writer

@@ -236,6 +236,15 @@ pub fn read_segment(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).context(|| format!("read {}", path.display()))
 }
 
+/// The header block of a segment file (shorter if the file is) and the file's length.
+pub fn read_header_block(path: &Path) -> Result<(Vec<u8>, u64)> {
+    let file = File::open(path).context(|| format!("open {}", path.display()))?;
+    let len = file.metadata().context(|| format!("stat {}", path.display()))?.len();
+    let mut head = vec![0u8; (len as usize).min(SEGMENT_HEADER_SIZE)];
+    file.read_exact_at(&mut head, 0).context(|| format!("read header of {}", path.display()))?;
+    Ok((head, len))
+}
+
 /// Opens a segment for reading its header and records with plain I/O.
 pub fn open_plain(path: &Path) -> Result<File> {
     File::open(path).context(|| format!("open {}", path.display()))
