@@ -49,7 +49,24 @@ pub const APPEND_QUEUE_CAPACITY: usize = 1024;
 /// Committers a benchmark may run at once.
 pub const BENCH_CLIENTS_MAX: usize = 4096;
 
+/// Largest key of the key-value store.
+pub const KEY_SIZE_MAX: usize = 1024;
+
+/// Largest value of the key-value store.
+pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
+
+/// Largest RESP bulk string a client may send (a value plus room for nothing else: larger bulk
+/// lengths are refused before anything is allocated).
+pub const RESP_BULK_LEN_MAX: usize = VALUE_SIZE_MAX;
+
+/// Most arguments in one RESP command (MSET of many keys, for example).
+pub const RESP_ARGS_MAX: usize = 1024 * 1024;
+
+/// Longest inline command line (telnet-style commands).
+pub const RESP_INLINE_LEN_MAX: usize = 64 * 1024;
+
 const _: () = assert!(LOG_BUFFER_SIZE % BLOCK_SIZE == 0);
+const _: () = assert!(RESP_BULK_LEN_MAX >= VALUE_SIZE_MAX && RESP_BULK_LEN_MAX >= KEY_SIZE_MAX);
 const _: () = assert!(BLOCK_SIZE % RECORD_ALIGN == 0);
 const _: () = assert!(RECORD_HEADER_SIZE % RECORD_ALIGN == 0);
 // A gathering buffer starts with at most one partly filled block carried over from the previous

@@ -9,6 +9,7 @@ pub mod debug;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod server;
 pub mod sync;
 pub mod wal;
 
