@@ -49,6 +49,9 @@ pub const APPEND_QUEUE_CAPACITY: usize = 1024;
 /// Committers a benchmark may run at once.
 pub const BENCH_CLIENTS_MAX: usize = 4096;
 
+/// The data file grows by this many pages at a time (zero-filled).
+pub const DATA_FILE_EXTENT_PAGES: usize = 256;
+
 /// Largest key of the key-value store.
 pub const KEY_SIZE_MAX: usize = 1024;
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod inspect;
 pub mod io;
 pub mod server;
+pub mod store;
 pub mod sync;
 pub mod wal;
 

@@ -1,0 +1,4 @@
+//! The database's pages: the page format, the data file, the B+tree.
+
+pub mod data_file;
+pub mod page;
