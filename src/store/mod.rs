@@ -2,3 +2,4 @@
 
 pub mod data_file;
 pub mod page;
+pub mod redo;
