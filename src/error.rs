@@ -39,6 +39,10 @@ pub enum Error {
     LogFailed(String),
     #[error("log record body of {size} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge { size: usize, max: usize },
+    #[error("{0}")]
+    PageCorrupt(#[from] crate::store::page::PageError),
+    #[error("the page cache is full of changes the log has not hardened yet (waiting for {needs_hardened:?}); raise --cache-size if this persists")]
+    CacheFull { needs_hardened: Option<Lsn> },
     #[error("invalid configuration: {0}")]
     Config(String),
 }
