@@ -206,7 +206,10 @@ impl BufferPool {
                 self.data.write_page(&mut f.buf)?;
                 self.stats.page_writes += 1;
             }
-            self.map.remove(&f.id);
+            // An aborted new page leaves an unmapped frame behind; its id may live elsewhere now.
+            if self.map.get(&f.id) == Some(&i) {
+                self.map.remove(&f.id);
+            }
             self.stats.evictions += 1;
             return Ok(i);
         }
