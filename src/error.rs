@@ -43,6 +43,10 @@ pub enum Error {
     PageCorrupt(#[from] crate::store::page::PageError),
     #[error("the page cache is full of changes the log has not hardened yet (waiting for {needs_hardened:?}); raise --cache-size if this persists")]
     CacheFull { needs_hardened: Option<Lsn> },
+    #[error("B+tree corruption: {0}")]
+    TreeCorrupt(String),
+    #[error("{0}")]
+    Limit(String),
     #[error("invalid configuration: {0}")]
     Config(String),
 }

@@ -269,3 +269,16 @@ fn a_segment_remainder_too_small_for_a_header_is_skipped() {
     assert_eq!(all.len(), 64);
     assert_eq!(all[63], b"next segment");
 }
+
+#[test]
+fn closing_the_log_answers_waiting_threads_with_an_error() {
+    let dir = scratch();
+    let log = open(dir.path());
+    let handle = log.handle();
+    let waiter = std::thread::spawn(move || handle.append_and_wait(RecordKind::DATA, b"never written".to_vec()));
+    // Give the thread time to queue its request; the shard never runs.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(log);
+    let result = waiter.join().unwrap();
+    assert!(result.is_err(), "a closed log must not leave a thread waiting forever");
+}

@@ -22,9 +22,15 @@ use crate::io::buffer::AlignedBuf;
 /// The caller's name for an operation, handed back with its completion.
 pub type Token = u64;
 
-/// Identifies an operation in flight (for cancellation).
+/// Identifies an operation in flight (for cancellation): its slot and the slot's generation, so
+/// that cancelling an operation that already finished can never hit the slot's next occupant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpId(u32);
+pub struct OpId(u64);
+
+/// `user_data` = slot index (low 32 bits) | generation (bits 32..63); bit 63 marks messages.
+fn user_data_of(index: u32, generation: u32) -> u64 {
+    index as u64 | ((generation as u64 & 0x7fff_ffff) << 32)
+}
 
 /// Set in a SEND_ZC notification's result when the kernel copied instead (io_uring_enter(2)).
 const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
@@ -52,6 +58,10 @@ enum Held {
 struct Slot {
     token: Token,
     held: Held,
+    /// The file the operation works on, kept open until its final completion: the kernel looks
+    /// the descriptor up only when it takes the submission, which may be after the caller let go.
+    #[allow(dead_code)] // only held
+    file: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// What a completion reports.
@@ -92,6 +102,7 @@ impl Completion {
 pub struct Ring {
     uring: IoUring,
     slots: Vec<Option<Slot>>,
+    generations: Vec<u32>,
     free: Vec<u32>,
     in_flight: usize,
     /// SEND_ZC notifications that reported a copy instead of zero-copy (exposed as a metric).
@@ -101,7 +112,14 @@ pub struct Ring {
 impl Ring {
     pub fn new(entries: u32) -> Result<Self> {
         let uring = IoUring::builder().setup_clamp().build(entries).map_err(crate::io::probe::explain_setup_error)?;
-        Ok(Self { uring, slots: Vec::new(), free: Vec::new(), in_flight: 0, zc_copied_notifications: 0 })
+        Ok(Self {
+            uring,
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            zc_copied_notifications: 0,
+        })
     }
 
     /// The ring's file descriptor, the target of `msg_ring` from other rings.
@@ -115,16 +133,18 @@ impl Ring {
         self.in_flight
     }
 
-    fn slot(&mut self, token: Token, held: Held) -> u32 {
-        let slot = Slot { token, held };
+    fn slot(&mut self, token: Token, held: Held, file: Option<std::sync::Arc<std::fs::File>>) -> u32 {
+        let slot = Slot { token, held, file };
         self.in_flight += 1;
         match self.free.pop() {
             Some(index) => {
                 self.slots[index as usize] = Some(slot);
+                self.generations[index as usize] = self.generations[index as usize].wrapping_add(1);
                 index
             }
             None => {
                 self.slots.push(Some(slot));
+                self.generations.push(0);
                 (self.slots.len() - 1) as u32
             }
         }
@@ -143,12 +163,23 @@ impl Ring {
     }
 
     fn submit_entry(&mut self, entry: squeue::Entry, token: Token, held: Held) -> Result<OpId> {
-        let index = self.slot(token, held);
-        if let Err(e) = self.push(entry.user_data(index as u64)) {
+        self.submit_entry_with_file(entry, token, held, None)
+    }
+
+    fn submit_entry_with_file(
+        &mut self,
+        entry: squeue::Entry,
+        token: Token,
+        held: Held,
+        file: Option<std::sync::Arc<std::fs::File>>,
+    ) -> Result<OpId> {
+        let index = self.slot(token, held, file);
+        let user_data = user_data_of(index, self.generations[index as usize]);
+        if let Err(e) = self.push(entry.user_data(user_data)) {
             self.release(index);
             return Err(e);
         }
-        Ok(OpId(index))
+        Ok(OpId(user_data))
     }
 
     fn held_buf_ptr(held: &mut Held) -> *mut u8 {
@@ -174,6 +205,25 @@ impl Ring {
         let ptr = Self::held_buf_ptr(&mut held);
         let entry = opcode::Write::new(types::Fd(fd), ptr, len as u32).offset(offset).rw_flags(rw_flags).build();
         self.submit_entry(entry, token, held)
+    }
+
+    /// `write_at` on a shared file, which the ring keeps open until the write's completion.
+    pub fn write_file_at(
+        &mut self,
+        file: &std::sync::Arc<std::fs::File>,
+        buf: AlignedBuf,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        token: Token,
+    ) -> Result<OpId> {
+        use std::os::fd::AsRawFd;
+        assert!(len <= buf.capacity());
+        let mut held = Held::Buf(buf);
+        let ptr = Self::held_buf_ptr(&mut held);
+        let entry =
+            opcode::Write::new(types::Fd(file.as_raw_fd()), ptr, len as u32).offset(offset).rw_flags(rw_flags).build();
+        self.submit_entry_with_file(entry, token, held, Some(file.clone()))
     }
 
     /// Reads `len` bytes at `offset` into the start of `buf`; the buffer's `len` is set to the
@@ -276,7 +326,7 @@ impl Ring {
     /// Asks the kernel to cancel an operation. Its own completion (usually -ECANCELED) still
     /// arrives and hands back its buffer.
     pub fn cancel(&mut self, op: OpId) -> Result<()> {
-        let entry = opcode::AsyncCancel::new(op.0 as u64).build().user_data(USER_DATA_CANCEL);
+        let entry = opcode::AsyncCancel::new(op.0).build().user_data(USER_DATA_CANCEL);
         self.push(entry)
     }
 
@@ -321,6 +371,9 @@ impl Ring {
                 continue;
             }
             let index = user_data as u32;
+            if self.slots.get(index as usize).and_then(|s| s.as_ref()).is_none() {
+                continue; // cannot happen: every slot is freed by its own final completion
+            }
             if cqueue::notif(flags) {
                 let slot = self.release(index);
                 let copied = (result as u32) & IORING_NOTIF_USAGE_ZC_COPIED != 0;
@@ -378,7 +431,7 @@ impl Drop for Ring {
         }
         for index in 0..self.slots.len() {
             if self.slots[index].is_some() {
-                let _ = self.cancel(OpId(index as u32));
+                let _ = self.cancel(OpId(user_data_of(index as u32, self.generations[index])));
             }
         }
         let mut sink = Vec::new();

@@ -1,6 +1,7 @@
-//! The database's pages: the page format, the data file, the B+tree.
+//! The database's pages: the page format, the data file, the buffer pool, redo, the B+tree.
 
 pub mod buffer_pool;
+pub mod control;
 pub mod data_file;
 pub mod page;
 pub mod redo;

@@ -16,7 +16,6 @@
 //! LSN ordering, kept by `validate`: `lsn_hardened <= in-flight end <= gathering end = lsn_appended`.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +28,8 @@ use crate::io::buffer::AlignedBuf;
 use crate::io::doorbell::Doorbell;
 use crate::io::file::open_direct;
 use crate::io::ring::{Completion, Ring, Token};
+use std::sync::Arc as FileArc;
+
 use crate::sync::Arc;
 use crate::wal::append_queue::BoundedQueue;
 use crate::wal::hardened::HardenedLsn;
@@ -131,13 +132,13 @@ struct InFlight {
     write_len: usize,
     records: u64,
     /// The file written to, kept open until the completion (the segment may have rotated).
-    _file: Arc<File>,
+    _file: FileArc<File>,
 }
 
 struct OpenSegment {
     header: SegmentHeader,
     path: PathBuf,
-    file: Arc<File>,
+    file: FileArc<File>,
 }
 
 pub struct LogWriter {
@@ -193,8 +194,14 @@ impl LogWriter {
         }
         let info = report.segments[current].clone();
         repair_tail(&info, &report)?;
+        // The previous run's last write may not have completed: its bytes can read back valid from
+        // the device's volatile cache yet not be durable. Flush before calling them hardened.
+        for s in report.segments[current.saturating_sub(1)..=current].iter() {
+            let f = std::fs::File::open(&s.path).context(|| format!("open {}", s.path.display()))?;
+            f.sync_data().map_err(|e| Error::LogFailed(format!("fdatasync of {} failed: {e}", s.path.display())))?;
+        }
         let older_segments = report.segments[..current].iter().map(|s| (s.header, s.path.clone())).collect();
-        let file = Arc::new(open_direct(&info.path)?);
+        let file = FileArc::new(open_direct(&info.path)?);
         let gathering = Gathering {
             buf: AlignedBuf::new(LOG_BUFFER_SIZE),
             start_lsn: end.block_floor().max(info.header.first_lsn),
@@ -300,7 +307,11 @@ impl LogWriter {
     }
 
     pub fn remote_pending(&self) -> bool {
-        self.deferred_remote.is_some() || self.inbox.queue.has_ready()
+        // A deferred request waits for space: progress needs a write to complete first.
+        match self.deferred_remote {
+            Some(_) => !self.write_in_flight(),
+            None => self.inbox.queue.has_ready(),
+        }
     }
 
     /// Appends one record; returns its end LSN (the LSN to wait for).
@@ -345,6 +356,37 @@ impl LogWriter {
         self.gathering.records += 1;
         self.lsn_appended = lsn.advance(size as u64);
         Ok(self.lsn_appended)
+    }
+
+    /// Makes sure the next appends of `bytes` bytes in all (whole records, as `record_size`
+    /// counts them) land in the same batch and segment, so a transaction that fits is appended
+    /// contiguously without `Full` in its middle. `Full`: wait for space and call again.
+    /// `TooLarge`: the records can never share one batch (append them one by one instead).
+    pub fn reserve(&mut self, bytes: usize) -> Result<(), AppendError> {
+        if let Some(detail) = &self.failed {
+            return Err(AppendError::Failed(detail.clone()));
+        }
+        let batch_max = self.gathering.buf.capacity() - BLOCK_SIZE;
+        let segment_data = self.segment.header.data_size() as usize;
+        if bytes > batch_max || bytes > segment_data {
+            return Err(AppendError::TooLarge { size: bytes, max: batch_max.min(segment_data) });
+        }
+        if self.gathering.sealed {
+            return Err(AppendError::Full);
+        }
+        let segment_end = self.segment.header.end_lsn();
+        if self.lsn_appended.advance(bytes as u64) > segment_end {
+            self.seal_segment(segment_end);
+            if self.gathering.sealed && self.gathering.end_lsn() == self.gathering.batch_lsn {
+                self.rotate().map_err(|e| AppendError::Failed(e.to_string()))?;
+                return self.reserve(bytes);
+            }
+            return Err(AppendError::Full);
+        }
+        if self.gathering.buf.len() + bytes > self.gathering.buf.capacity() {
+            return Err(AppendError::Full);
+        }
+        Ok(())
     }
 
     /// Fills the rest of the segment with a padding record (when a header fits) and closes it.
@@ -438,7 +480,7 @@ impl LogWriter {
             Gathering { buf: next, start_lsn: next_start, batch_lsn: end, sealed: false, records: 0 },
         );
         let file = self.segment.file.clone();
-        ring.write_at(file.as_raw_fd(), gathered.buf, write_len, offset, libc::RWF_DSYNC, self.op_token)?;
+        ring.write_file_at(&file, gathered.buf, write_len, offset, libc::RWF_DSYNC, self.op_token)?;
         self.in_flight = Some(InFlight { end_lsn: end, write_len, records, _file: file });
         if closes_segment {
             self.gathering.sealed = true;
@@ -452,14 +494,14 @@ impl LogWriter {
     fn rotate(&mut self) -> Result<()> {
         debug_assert!(self.gathering.sealed);
         let header = self.next_segment_header();
-        let path = match self.preparer.take(header) {
-            Ok(path) => path,
+        let opened = self.preparer.take(header).and_then(|path| Ok((open_direct(&path)?, path)));
+        let (file, path) = match opened {
+            Ok((file, path)) => (FileArc::new(file), path),
             Err(e) => {
-                self.fail(e.to_string());
+                self.fail(format!("cannot start the next log segment: {e}"));
                 return Err(e);
             }
         };
-        let file = Arc::new(open_direct(&path)?);
         let old = std::mem::replace(&mut self.segment, OpenSegment { header, path, file });
         self.older_segments.push((old.header, old.path));
         let start = header.first_lsn;
@@ -498,6 +540,12 @@ impl LogWriter {
                 )
             };
             self.fail(detail);
+            self.collect_failed(wakes);
+            return;
+        }
+        if self.failed.is_some() {
+            // The log failed while this write was in flight (a rotation error): it acknowledges
+            // nothing more.
             self.collect_failed(wakes);
             return;
         }
@@ -573,6 +621,22 @@ impl LogWriter {
         );
         assert!(self.gathering.end_lsn() <= self.lsn_appended, "gathering end beyond appended");
         assert!(self.lsn_appended <= self.segment.header.end_lsn(), "appended beyond segment end");
+    }
+}
+
+impl Drop for LogWriter {
+    /// Nobody will harden what is left: waiting threads get an error instead of waiting forever.
+    fn drop(&mut self) {
+        if self.failed.is_none() && self.lsn_appended > self.lsn_hardened {
+            self.inbox.hardened.fail();
+        }
+        let detail = "the log was closed before this record was appended".to_string();
+        if let Some(request) = self.deferred_remote.take() {
+            request.reply.set(Err(detail.clone()));
+        }
+        while let Some(request) = self.inbox.queue.pop() {
+            request.reply.set(Err(detail.clone()));
+        }
     }
 }
 

@@ -25,6 +25,8 @@ use crate::wal::{DbId, Epoch, Lsn};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"MLOGSEG1";
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// LSNs stay below 2^62 (the hardened watermark keeps two flag bits above them).
+pub const LSN_LIMIT: u64 = 1 << 62;
 const HEADER_FIELDS_SIZE: usize = 52;
 const _: () = assert!(HEADER_FIELDS_SIZE <= SEGMENT_HEADER_SIZE);
 
@@ -106,6 +108,12 @@ impl SegmentHeader {
         }
         validate_segment_size(header.segment_size)
             .map_err(|detail| Error::SegmentHeaderInvalid { path: path_buf(), detail })?;
+        if header.first_lsn.0.checked_add(header.segment_size).is_none_or(|end| end > LSN_LIMIT) {
+            return Err(Error::SegmentHeaderInvalid {
+                path: path_buf(),
+                detail: format!("{} is beyond the largest LSN", header.first_lsn),
+            });
+        }
         if header.first_lsn.0 % BLOCK_SIZE as u64 != 0 {
             return Err(Error::SegmentHeaderInvalid {
                 path: path_buf(),
@@ -271,6 +279,8 @@ mod tests {
         bad[30] ^= 0x10;
         assert!(matches!(SegmentHeader::decode(&bad, p, None), Err(Error::SegmentHeaderCorrupt { .. })));
         assert!(matches!(SegmentHeader::decode(&bytes[..20], p, None), Err(Error::SegmentHeaderInvalid { .. })));
+        let beyond = SegmentHeader::new(DbId(9), Lsn(u64::MAX - 4095), 1 << 20, Epoch(2)).encode();
+        assert!(matches!(SegmentHeader::decode(&beyond, p, None), Err(Error::SegmentHeaderInvalid { .. })));
     }
 
     #[test]

@@ -1,0 +1,327 @@
+//! One database: its log, data file, buffer pool and B+tree, on one shard.
+//!
+//! Opening recovers: the log is recovered (torn tail cut, corruption refused), then every whole
+//! transaction from the checkpoint's redo LSN on is redone onto the pages (idempotent by page
+//! LSN; a page that fails its checksum is restored by the full image the log holds for it, or
+//! reported — never served), the redone pages are written and synced, and a checkpoint is taken.
+//!
+//! A change runs as a transaction: `begin`, tree operations, `commit`. `commit` turns the page
+//! changes into redo records followed by a commit record and appends them contiguously; the
+//! caller answers the client once the log is hardened to the returned commit LSN.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::buffer::AlignedBuf;
+use crate::io::ring::{Ring, Token};
+use crate::store::buffer_pool::{BufferPool, PageChange};
+use crate::store::btree;
+use crate::store::control::ControlFile;
+use crate::store::data_file::DataFile;
+use crate::store::page::{self, PageId, PAGE_SIZE};
+use crate::store::redo::{self, Applied};
+use crate::wal::record::record_size;
+use crate::wal::{recovery, AppendError, DbId, Epoch, LogConfig, LogWriter, Lsn, RecordKind, Wake};
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub dir: PathBuf,
+    pub db_id: DbId,
+    pub epoch: Epoch,
+    pub cache_pages: usize,
+    pub segment_size: u64,
+}
+
+/// What recovery did when the database opened.
+#[derive(Debug, Clone, Default)]
+pub struct RedoReport {
+    pub redo_from: Lsn,
+    pub transactions: u64,
+    pub records_applied: u64,
+    pub records_skipped: u64,
+    pub pages_restored_from_images: u64,
+    /// Transactions at the end of the log without their commit record (never acknowledged).
+    pub incomplete_transaction_records: u64,
+}
+
+/// A transaction whose records are being appended.
+struct PendingCommit {
+    changes: VecDeque<PageChange>,
+    logged: Vec<(usize, Lsn)>,
+    seq: u64,
+    /// Appended one record at a time (too large for one batch).
+    piecewise: bool,
+}
+
+/// The outcome of `commit` or `continue_commit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitProgress {
+    /// Every record is appended; the transaction is durable once the log is hardened here.
+    Appended(Lsn),
+    /// The log buffer is full: call `continue_commit` after the next write completes.
+    WaitingForSpace,
+}
+
+pub struct Database {
+    pub log: LogWriter,
+    pool: BufferPool,
+    control: ControlFile,
+    dir: PathBuf,
+    tx_seq: u64,
+    pending: Option<PendingCommit>,
+    /// End of the last commit record appended.
+    last_commit: Lsn,
+    pub redo_report: RedoReport,
+}
+
+impl Database {
+    /// Opens (creating if new) and recovers the database in `config.dir`; `log_token` is the ring
+    /// token of its log writes. Blocks on `ring` for the writes recovery itself makes.
+    pub fn open(config: DatabaseConfig, ring: &mut Ring, log_token: Token) -> Result<Self> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| Error::io(format!("create {}", config.dir.display()), e))?;
+        let mut log_config = LogConfig::new(config.dir.join("log"), config.db_id);
+        log_config.epoch = config.epoch;
+        log_config.segment_size = config.segment_size;
+        let (log, _) = LogWriter::open(log_config, log_token)?;
+        let data = DataFile::open(&config.dir.join("data.pages"), config.db_id)?;
+        let control = ControlFile::new(&config.dir, config.db_id);
+        let mut pool = BufferPool::new(data, config.cache_pages);
+        let redo_from = control.read()?;
+        let redo_report = redo(&config.dir.join("log"), config.db_id, redo_from, &mut pool)?;
+        let mut db = Self { log, pool, control, dir: config.dir.clone(), tx_seq: 0, pending: None, last_commit: Lsn::ZERO, redo_report };
+        db.last_commit = db.log.lsn_hardened();
+        db.pool.set_hardened(db.log.lsn_hardened());
+        db.checkpoint_now()?;
+        if !btree::exists(&mut db.pool)? {
+            db.begin();
+            btree::create(&mut db.pool)?;
+            let lsn = db.commit_blocking(ring)?;
+            debug_assert!(db.log.lsn_hardened() >= lsn);
+        }
+        Ok(db)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pool(&mut self) -> &mut BufferPool {
+        &mut self.pool
+    }
+
+    /// End of the last commit record appended: a reader that saw the database's current state
+    /// may answer once the log is hardened here.
+    pub fn last_commit(&self) -> Lsn {
+        self.last_commit
+    }
+
+    /// Whether a transaction is being appended (other changes wait until it is).
+    pub fn commit_in_progress(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    pub fn begin(&mut self) {
+        assert!(self.pending.is_none(), "a transaction is still being appended");
+        self.pool.begin();
+    }
+
+    pub fn abort(&mut self) {
+        self.pool.abort();
+    }
+
+    /// Logs the transaction's changes. Read-only transactions append nothing and return the last
+    /// commit (what they read must be durable before they answer).
+    pub fn commit(&mut self) -> Result<CommitProgress> {
+        let changes: VecDeque<PageChange> = self.pool.take_changes().into();
+        if changes.is_empty() {
+            self.pool.finish_commit(&[], self.last_commit);
+            return Ok(CommitProgress::Appended(self.last_commit));
+        }
+        self.tx_seq += 1;
+        self.pending = Some(PendingCommit { changes, logged: Vec::new(), seq: self.tx_seq, piecewise: false });
+        self.continue_commit()
+    }
+
+    /// Appends what remains of the pending transaction.
+    pub fn continue_commit(&mut self) -> Result<CommitProgress> {
+        let Some(mut pending) = self.pending.take() else {
+            return Ok(CommitProgress::Appended(self.last_commit));
+        };
+        if !pending.piecewise {
+            let total: usize = pending.changes.iter().map(|c| record_size(c.body.len())).sum::<usize>() + record_size(8);
+            match self.log.reserve(total) {
+                Ok(()) => {}
+                Err(AppendError::Full) => {
+                    self.pending = Some(pending);
+                    return Ok(CommitProgress::WaitingForSpace);
+                }
+                Err(AppendError::TooLarge { .. }) => pending.piecewise = true,
+                Err(e) => {
+                    self.pending = Some(pending);
+                    return Err(e.into());
+                }
+            }
+        }
+        while let Some(change) = pending.changes.front() {
+            match self.log.append(change.kind, &change.body) {
+                Ok(end) => {
+                    pending.logged.push((change.frame, end));
+                    pending.changes.pop_front();
+                }
+                Err(AppendError::Full) => {
+                    self.pending = Some(pending);
+                    return Ok(CommitProgress::WaitingForSpace);
+                }
+                Err(e) => {
+                    self.pending = Some(pending);
+                    return Err(e.into());
+                }
+            }
+        }
+        match self.log.append(redo::TX_COMMIT, &pending.seq.to_le_bytes()) {
+            Ok(end) => {
+                self.pool.finish_commit(&pending.logged, end);
+                self.last_commit = end;
+                Ok(CommitProgress::Appended(end))
+            }
+            Err(AppendError::Full) => {
+                self.pending = Some(pending);
+                Ok(CommitProgress::WaitingForSpace)
+            }
+            Err(e) => {
+                self.pending = Some(pending);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Commits and waits on `ring` until the commit is hardened (start-up, tests, tools; the
+    /// server waits asynchronously instead).
+    pub fn commit_blocking(&mut self, ring: &mut Ring) -> Result<Lsn> {
+        let mut progress = self.commit()?;
+        let mut wakes = Vec::new();
+        loop {
+            if let CommitProgress::Appended(lsn) = progress {
+                if self.log.lsn_hardened() >= lsn {
+                    self.pool.set_hardened(self.log.lsn_hardened());
+                    return Ok(lsn);
+                }
+            }
+            self.log.submit(ring)?;
+            if self.log.write_in_flight() {
+                let mut completions = Vec::new();
+                while completions.is_empty() {
+                    ring.submit_and_wait(1)?;
+                    ring.reap(&mut completions);
+                }
+                for c in completions {
+                    self.log.complete(c, &mut wakes);
+                }
+                if wakes.iter().any(|w| matches!(w, Wake::Failed(_))) || self.log.is_failed() {
+                    return Err(Error::LogFailed("the log failed during a commit".into()));
+                }
+                wakes.clear();
+                self.pool.set_hardened(self.log.lsn_hardened());
+            }
+            if progress == CommitProgress::WaitingForSpace {
+                progress = self.continue_commit()?;
+            }
+        }
+    }
+
+    /// Takes the log's completion and updates the pool's view of the hardened LSN.
+    pub fn on_log_completion(&mut self, completion: crate::io::ring::Completion, wakes: &mut Vec<Wake>) {
+        self.log.complete(completion, wakes);
+        self.pool.set_hardened(self.log.lsn_hardened());
+    }
+
+    /// A checkpoint: writes every page changed before the current log end, syncs the data file,
+    /// records the redo LSN durably and releases older log segments. Only between transactions
+    /// and with the log fully hardened; returns false (doing nothing) otherwise.
+    pub fn checkpoint_now(&mut self) -> Result<bool> {
+        if self.pending.is_some() || self.pool.in_tx() || self.log.lsn_hardened() < self.log.lsn_appended() {
+            return Ok(false);
+        }
+        let redo_lsn = self.log.lsn_appended();
+        // From now on the first change of any page logs a full image (torn-page protection).
+        self.pool.set_checkpoint_lsn(redo_lsn);
+        self.pool.set_hardened(self.log.lsn_hardened());
+        let left = self.pool.write_dirty()?;
+        debug_assert_eq!(left, 0, "the log is fully hardened");
+        self.pool.data_file().sync()?;
+        self.control.write(redo_lsn)?;
+        self.log.set_retention_lsn(redo_lsn);
+        Ok(true)
+    }
+}
+
+/// Redo from `from`: applies every whole transaction's page records to the data file's pages.
+fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result<RedoReport> {
+    let mut report = RedoReport { redo_from: from, ..Default::default() };
+    let mut pages: HashMap<PageId, (AlignedBuf, bool)> = HashMap::new();
+    let mut open_tx: Vec<(RecordKind, Vec<u8>, Lsn)> = Vec::new();
+    let mut failure: Option<Error> = None;
+    recovery::scan(log_dir, Some(db_id), |header, body| {
+        let end = header.lsn.advance(record_size(body.len()) as u64);
+        if header.lsn < from || failure.is_some() {
+            return;
+        }
+        match header.kind {
+            redo::PAGE_IMAGE | redo::PAGE_DIFF => open_tx.push((header.kind, body.to_vec(), end)),
+            redo::TX_COMMIT => {
+                report.transactions += 1;
+                for (kind, body, end) in open_tx.drain(..) {
+                    if let Err(e) = redo_one(kind, &body, end, pool, &mut pages, &mut report) {
+                        failure = Some(e);
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    report.incomplete_transaction_records = open_tx.len() as u64;
+    for (_, (mut buf, trusted)) in pages {
+        if !trusted {
+            return Err(Error::PageCorrupt(page::PageError::ChecksumMismatch(page::page_id(&buf))));
+        }
+        pool.data_file().write_page(&mut buf)?;
+    }
+    pool.data_file().sync()?;
+    Ok(report)
+}
+
+fn redo_one(kind: RecordKind, body: &[u8], end: Lsn, pool: &mut BufferPool, pages: &mut HashMap<PageId, (AlignedBuf, bool)>, report: &mut RedoReport) -> Result<()> {
+    let change = redo::decode(kind, body).map_err(|e| Error::LogCorrupt { lsn: end, detail: e.to_string() })?;
+    let id = change.page();
+    if !pages.contains_key(&id) {
+        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+        let trusted = pool.read_from_disk(id, &mut buf)?.is_ok();
+        if !trusted {
+            page::init(&mut buf, page::PageType::Free, id);
+        }
+        pages.insert(id, (buf, trusted));
+    }
+    let (buf, trusted) = pages.get_mut(&id).expect("inserted above");
+    match redo::apply(&change, end, &mut buf[..PAGE_SIZE], *trusted) {
+        Applied::Applied => {
+            report.records_applied += 1;
+            if !*trusted {
+                report.pages_restored_from_images += 1;
+            }
+            *trusted = true;
+            if page::page_id(&buf[..PAGE_SIZE]) != id {
+                return Err(Error::LogCorrupt { lsn: end, detail: format!("image for {id} holds another page") });
+            }
+        }
+        Applied::AlreadyNewer => report.records_skipped += 1,
+        Applied::NeedsImage => {
+            return Err(Error::PageCorrupt(page::PageError::ChecksumMismatch(id)));
+        }
+    }
+    Ok(())
+}
