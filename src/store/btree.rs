@@ -54,7 +54,7 @@ fn corrupt(page: PageId, what: &str) -> Error {
 
 fn node_err(page: PageId, e: NodeError) -> Error {
     match e {
-        NodeError::Corrupt(what) => corrupt(page, what),
+        NodeError::Corrupt(what) | NodeError::Invalid(what) => corrupt(page, what),
         NodeError::NoSpace => corrupt(page, "unexpected lack of space"),
     }
 }
@@ -96,7 +96,12 @@ pub fn meta(pool: &mut BufferPool) -> Result<Meta> {
     if page::page_type(p) != Some(PageType::Meta) || p[META_MAGIC_AT..META_MAGIC_AT + 4] != META_MAGIC {
         return Err(corrupt(META_PAGE, "not a meta page"));
     }
-    Ok(Meta { root: PageId(u64_at(p, META_ROOT)), next_page: u64_at(p, META_NEXT_PAGE), free_head: PageId(u64_at(p, META_FREE_HEAD)), key_count: u64_at(p, META_KEY_COUNT) })
+    Ok(Meta {
+        root: PageId(u64_at(p, META_ROOT)),
+        next_page: u64_at(p, META_NEXT_PAGE),
+        free_head: PageId(u64_at(p, META_FREE_HEAD)),
+        key_count: u64_at(p, META_KEY_COUNT),
+    })
 }
 
 fn set_meta(pool: &mut BufferPool, m: Meta) -> Result<()> {
@@ -114,9 +119,12 @@ fn allocate(pool: &mut BufferPool, kind: PageType) -> Result<PageId> {
     let id = if m.free_head.0 != 0 {
         let id = m.free_head;
         let p = pool.read(id)?;
-        if page::page_type(p) != Some(PageType::Free) {
+        // Freed tree pages are marked free; freed overflow chains keep their type (see
+        // `free_chain`). Both keep the next free page at the same offset.
+        if !matches!(page::page_type(p), Some(PageType::Free | PageType::Overflow)) {
             return Err(corrupt(id, "free list entry is not a free page"));
         }
+        const _: () = assert!(FREE_NEXT == OVERFLOW_NEXT);
         m.free_head = PageId(u64_at(p, FREE_NEXT));
         id
     } else {
@@ -222,10 +230,13 @@ fn write_chain(pool: &mut BufferPool, value: &[u8]) -> Result<PageId> {
     Ok(PageId(next))
 }
 
+/// Returns a whole overflow chain to the free list by linking it in front: only its last page
+/// and the meta page change (the chain's own next pointers already link it), so deleting a large
+/// value logs a few bytes, not the value.
 fn free_chain(pool: &mut BufferPool, first: PageId, len: usize) -> Result<()> {
     let pages = len.div_ceil(OVERFLOW_CAPACITY);
     let mut id = first;
-    for _ in 0..pages {
+    for i in 0..pages {
         if id.0 == 0 {
             return Err(corrupt(first, "overflow chain ends early"));
         }
@@ -233,11 +244,15 @@ fn free_chain(pool: &mut BufferPool, first: PageId, len: usize) -> Result<()> {
         if page::page_type(p) != Some(PageType::Overflow) {
             return Err(corrupt(id, "overflow chain points to a page that is not an overflow page"));
         }
-        let next = PageId(u64_at(p, OVERFLOW_NEXT));
-        free(pool, id)?;
-        id = next;
+        if i + 1 == pages {
+            break;
+        }
+        id = PageId(u64_at(p, OVERFLOW_NEXT));
     }
-    Ok(())
+    let mut m = meta(pool)?;
+    put_u64(pool.write(id)?, OVERFLOW_NEXT, m.free_head.0);
+    m.free_head = first;
+    set_meta(pool, m)
 }
 
 /// Stores `value` under `key`. Returns true if the key existed (its value is replaced).
@@ -248,11 +263,7 @@ pub fn put(pool: &mut BufferPool, key: &[u8], value: &[u8]) -> Result<bool> {
     if let Ok(i) = found {
         remove_at(pool, leaf, i)?;
     }
-    let stored = if node::fits_inline(key.len(), value.len()) {
-        None
-    } else {
-        Some(write_chain(pool, value)?)
-    };
+    let stored = if node::fits_inline(key.len(), value.len()) { None } else { Some(write_chain(pool, value)?) };
     let leaf_value = match stored {
         None => LeafValue::Inline(value),
         Some(first) => LeafValue::Overflow { first_page: first.0, len: value.len() as u32 },
@@ -297,8 +308,15 @@ pub fn delete(pool: &mut BufferPool, key: &[u8]) -> Result<bool> {
     }
 }
 
-fn insert_into_leaf(pool: &mut BufferPool, leaf: PageId, path: Vec<PageId>, i: usize, key: &[u8], value: LeafValue) -> Result<()> {
-    match node::leaf_insert(as_page_mut(pool.write(leaf)?), i, key, value.clone()) {
+fn insert_into_leaf(
+    pool: &mut BufferPool,
+    leaf: PageId,
+    path: Vec<PageId>,
+    i: usize,
+    key: &[u8],
+    value: LeafValue,
+) -> Result<()> {
+    match node::leaf_insert(as_page_mut(pool.write(leaf)?), i, key, value) {
         Ok(()) => return Ok(()),
         Err(NodeError::NoSpace) => {}
         Err(e) => return Err(node_err(leaf, e)),
@@ -311,7 +329,8 @@ fn insert_into_leaf(pool: &mut BufferPool, leaf: PageId, path: Vec<PageId>, i: u
     node::init(&mut right_copy, 0);
     let separator = node::split_leaf(&mut left_copy, &mut right_copy).map_err(|e| node_err(leaf, e))?;
     node::set_link(&mut left_copy, right.0);
-    let (target, target_id) = if key >= separator.as_slice() { (&mut right_copy, right) } else { (&mut left_copy, leaf) };
+    let (target, target_id) =
+        if key >= separator.as_slice() { (&mut right_copy, right) } else { (&mut left_copy, leaf) };
     let at = node::search(target, NodeKind::Leaf, key).map_err(|e| node_err(target_id, e))?.unwrap_or_else(|i| i);
     node::leaf_insert(target, at, key, value).map_err(|e| node_err(target_id, e))?;
     pool.write(leaf)?.copy_from_slice(&left_copy);
@@ -319,7 +338,13 @@ fn insert_into_leaf(pool: &mut BufferPool, leaf: PageId, path: Vec<PageId>, i: u
     insert_into_parent(pool, path, leaf, separator, right)
 }
 
-fn insert_into_parent(pool: &mut BufferPool, mut path: Vec<PageId>, left: PageId, separator: Vec<u8>, right: PageId) -> Result<()> {
+fn insert_into_parent(
+    pool: &mut BufferPool,
+    mut path: Vec<PageId>,
+    left: PageId,
+    separator: Vec<u8>,
+    right: PageId,
+) -> Result<()> {
     let Some(parent) = path.pop() else {
         // `left` was the root: a new root above it.
         let root = allocate(pool, PageType::Internal)?;
@@ -330,7 +355,9 @@ fn insert_into_parent(pool: &mut BufferPool, mut path: Vec<PageId>, left: PageId
         m.root = root;
         return set_meta(pool, m);
     };
-    let at = node::search(as_page(pool.read(parent)?), NodeKind::Internal, &separator).map_err(|e| node_err(parent, e))?.unwrap_or_else(|i| i);
+    let at = node::search(as_page(pool.read(parent)?), NodeKind::Internal, &separator)
+        .map_err(|e| node_err(parent, e))?
+        .unwrap_or_else(|i| i);
     match node::internal_insert(as_page_mut(pool.write(parent)?), at, &separator, right.0) {
         Ok(()) => return Ok(()),
         Err(NodeError::NoSpace) => {}
@@ -343,16 +370,20 @@ fn insert_into_parent(pool: &mut BufferPool, mut path: Vec<PageId>, left: PageId
     node::init(&mut right_copy, 0);
     let up = node::split_internal(&mut left_copy, &mut right_copy).map_err(|e| node_err(parent, e))?;
     let (target, target_id) = if separator >= up { (&mut right_copy, sibling) } else { (&mut left_copy, parent) };
-    let at = node::search(target, NodeKind::Internal, &separator).map_err(|e| node_err(target_id, e))?.unwrap_or_else(|i| i);
+    let at =
+        node::search(target, NodeKind::Internal, &separator).map_err(|e| node_err(target_id, e))?.unwrap_or_else(|i| i);
     node::internal_insert(target, at, &separator, right.0).map_err(|e| node_err(target_id, e))?;
     pool.write(parent)?.copy_from_slice(&left_copy);
     pool.write(sibling)?.copy_from_slice(&right_copy);
     insert_into_parent(pool, path, parent, up, sibling)
 }
 
+/// A page of keys and the key to continue after (`None` at the end).
+pub type KeyPage = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// Up to `count` keys after `after` (from the first key when `None`), in order, with the key to
 /// continue from (`None` at the end).
-pub fn keys_after(pool: &mut BufferPool, after: Option<&[u8]>, count: usize) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+pub fn keys_after(pool: &mut BufferPool, after: Option<&[u8]>, count: usize) -> Result<KeyPage> {
     let start: &[u8] = after.unwrap_or(&[]);
     let (mut leaf, _) = descend(pool, start)?;
     let mut out = Vec::new();
@@ -361,7 +392,7 @@ pub fn keys_after(pool: &mut BufferPool, after: Option<&[u8]>, count: usize) -> 
         let p = as_page(pool.read(leaf)?);
         let n = node::cell_count(p).map_err(|e| node_err(leaf, e))?;
         for i in 0..n {
-            let k = node::key_at(p, i).map_err(|e| node_err(leaf, e))?;
+            let k = node::key_at(p, NodeKind::Leaf, i).map_err(|e| node_err(leaf, e))?;
             if after.is_some_and(|a| k <= a) {
                 continue;
             }
@@ -409,7 +440,9 @@ fn collect_tree_pages(pool: &mut BufferPool, id: PageId, depth: usize, out: &mut
     match page::page_type(&p) {
         Some(PageType::Leaf) => {
             for i in 0..n {
-                if let LeafValue::Overflow { first_page, len } = node::leaf_value_at(&p, i).map_err(|e| node_err(id, e))? {
+                if let LeafValue::Overflow { first_page, len } =
+                    node::leaf_value_at(&p, i).map_err(|e| node_err(id, e))?
+                {
                     let mut page_id = PageId(first_page);
                     for _ in 0..(len as usize).div_ceil(OVERFLOW_CAPACITY) {
                         out.push(page_id);
@@ -421,7 +454,12 @@ fn collect_tree_pages(pool: &mut BufferPool, id: PageId, depth: usize, out: &mut
         Some(PageType::Internal) => {
             collect_tree_pages(pool, PageId(node::link(&p)), depth + 1, out)?;
             for i in 0..n {
-                collect_tree_pages(pool, PageId(node::internal_child_at(&p, i).map_err(|e| node_err(id, e))?), depth + 1, out)?;
+                collect_tree_pages(
+                    pool,
+                    PageId(node::internal_child_at(&p, i).map_err(|e| node_err(id, e))?),
+                    depth + 1,
+                    out,
+                )?;
             }
         }
         _ => return Err(corrupt(id, "tree page is neither leaf nor internal")),

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::ring::{Ring, Token};
-use crate::store::buffer_pool::{BufferPool, PageChange};
 use crate::store::btree;
+use crate::store::buffer_pool::{BufferPool, PageChange};
 use crate::store::control::ControlFile;
 use crate::store::data_file::DataFile;
 use crate::store::page::{self, PageId, PAGE_SIZE};
@@ -89,7 +89,16 @@ impl Database {
         let mut pool = BufferPool::new(data, config.cache_pages);
         let redo_from = control.read()?;
         let redo_report = redo(&config.dir.join("log"), config.db_id, redo_from, &mut pool)?;
-        let mut db = Self { log, pool, control, dir: config.dir.clone(), tx_seq: 0, pending: None, last_commit: Lsn::ZERO, redo_report };
+        let mut db = Self {
+            log,
+            pool,
+            control,
+            dir: config.dir.clone(),
+            tx_seq: 0,
+            pending: None,
+            last_commit: Lsn::ZERO,
+            redo_report,
+        };
         db.last_commit = db.log.lsn_hardened();
         db.pool.set_hardened(db.log.lsn_hardened());
         db.checkpoint_now()?;
@@ -149,7 +158,8 @@ impl Database {
             return Ok(CommitProgress::Appended(self.last_commit));
         };
         if !pending.piecewise {
-            let total: usize = pending.changes.iter().map(|c| record_size(c.body.len())).sum::<usize>() + record_size(8);
+            let total: usize =
+                pending.changes.iter().map(|c| record_size(c.body.len())).sum::<usize>() + record_size(8);
             match self.log.reserve(total) {
                 Ok(()) => {}
                 Err(AppendError::Full) => {
@@ -295,16 +305,23 @@ fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result
     Ok(report)
 }
 
-fn redo_one(kind: RecordKind, body: &[u8], end: Lsn, pool: &mut BufferPool, pages: &mut HashMap<PageId, (AlignedBuf, bool)>, report: &mut RedoReport) -> Result<()> {
+fn redo_one(
+    kind: RecordKind,
+    body: &[u8],
+    end: Lsn,
+    pool: &mut BufferPool,
+    pages: &mut HashMap<PageId, (AlignedBuf, bool)>,
+    report: &mut RedoReport,
+) -> Result<()> {
     let change = redo::decode(kind, body).map_err(|e| Error::LogCorrupt { lsn: end, detail: e.to_string() })?;
     let id = change.page();
-    if !pages.contains_key(&id) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = pages.entry(id) {
         let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
         let trusted = pool.read_from_disk(id, &mut buf)?.is_ok();
         if !trusted {
             page::init(&mut buf, page::PageType::Free, id);
         }
-        pages.insert(id, (buf, trusted));
+        slot.insert((buf, trusted));
     }
     let (buf, trusted) = pages.get_mut(&id).expect("inserted above");
     match redo::apply(&change, end, &mut buf[..PAGE_SIZE], *trusted) {
