@@ -22,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serves databases over RESP (the Redis protocol). Every flag can also be set in a config
+    /// file (`--config FILE`, one `name value` per line); flags on the command line win.
+    Serve(ServeArgs),
     /// Benchmarks, each beside the machine's floor in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -37,6 +40,38 @@ enum Command {
     /// Tools for tests (crash children); not for production use.
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
+}
+
+#[derive(clap::Args)]
+#[command(args_override_self = true)]
+struct ServeArgs {
+    /// Address to serve clients on (RESP).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    listen: std::net::SocketAddr,
+    /// Data directory (one subdirectory per database: log and data file).
+    #[arg(long, default_value = "./mirrorlog-data")]
+    data: PathBuf,
+    /// Number of databases (SELECT 0..N-1), each with its own log and data file.
+    #[arg(long, default_value_t = 4)]
+    databases: usize,
+    /// Page cache, shared evenly by the databases (K, M, G suffixes; at least 17 MiB per database).
+    #[arg(long, default_value = "256MiB", value_parser = mirrorlog::config_file::parse_size)]
+    cache_size: u64,
+    /// Log segment size (K, M, G suffixes).
+    #[arg(long, default_value = "64MiB", value_parser = mirrorlog::config_file::parse_size)]
+    segment_size: u64,
+    /// Password clients must give with AUTH (none by default).
+    #[arg(long)]
+    requirepass: Option<String>,
+    /// Most clients connected at once; more are refused with an error.
+    #[arg(long, default_value_t = 10_000)]
+    maxclients: usize,
+    /// Seconds between checkpoints (dirty pages written, old log released).
+    #[arg(long, default_value_t = 30.0)]
+    checkpoint_interval: f64,
+    /// Read settings from this file first (`name value` per line; flags given here win).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -98,7 +133,14 @@ enum DebugCommand {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let argv = match mirrorlog::config_file::expand(std::env::args().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("mirrorlog: error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     if let Err(e) = run(cli) {
         eprintln!("mirrorlog: error: {e:#}");
         std::process::exit(1);
@@ -107,6 +149,7 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve(args)?,
         Command::Bench(BenchCommand::Wal { clients, duration, record_size, dir, segment_size, floor_ops, json }) => {
             mirrorlog::io::probe::check_io_uring()?;
             mirrorlog::io::probe::check_direct_io(&dir)?;
@@ -169,5 +212,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
         }
     }
+    Ok(())
+}
+
+static STOP_SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP_SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    anyhow::ensure!(args.checkpoint_interval > 0.0, "--checkpoint-interval must be positive");
+    mirrorlog::wal::segment::validate_segment_size(args.segment_size).map_err(anyhow::Error::msg)?;
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_stop_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop_signal as *const () as libc::sighandler_t);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher_stop = stop.clone();
+    std::thread::spawn(move || loop {
+        if STOP_SIGNALLED.load(Ordering::SeqCst) {
+            eprintln!("mirrorlog: stopping: finishing in-flight commits");
+            watcher_stop.store(true, Ordering::SeqCst);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
+    let config = mirrorlog::server::ServerConfig {
+        listen: args.listen,
+        data_dir: args.data,
+        databases: args.databases,
+        cache_size: args.cache_size,
+        segment_size: args.segment_size,
+        requirepass: args.requirepass,
+        maxclients: args.maxclients,
+        checkpoint_interval: Duration::from_secs_f64(args.checkpoint_interval),
+    };
+    let data = config.data_dir.display().to_string();
+    let databases = config.databases;
+    mirrorlog::server::run(config, stop, move |addr| {
+        println!("mirrorlog: serving {databases} database(s) from {data} on {addr}");
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+    })?;
+    eprintln!("mirrorlog: stopped cleanly");
     Ok(())
 }

@@ -1,0 +1,415 @@
+//! The server's shard: accepts clients, reads their commands, runs them against the databases it
+//! owns, and writes each reply once the log makes it durable — all on one io_uring.
+//!
+//! Per connection: received bytes gather in `input`; every complete command in it runs at once
+//! (pipelining: a pipeline's writes share group commits); replies queue in order, each with the
+//! LSN its database's log must reach before it may be sent; replies whose LSN is hardened move to
+//! `output`, which one send at a time drains.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::io::buffer::AlignedBuf;
+use crate::io::ring::{Completion, Ring, Token};
+use crate::io::shard::ShardWork;
+use crate::server::commands::{self, Cursors, Outcome, ServerInfo, Session};
+use crate::server::resp::{self, ParseError, Reply};
+use crate::server::ServerConfig;
+use crate::store::database::{CommitProgress, Database};
+use crate::wal::{Lsn, Wake};
+
+const KIND_SHIFT: u32 = 56;
+const KIND_ACCEPT: u64 = 1;
+const KIND_RECV: u64 = 2;
+const KIND_SEND: u64 = 3;
+pub const KIND_LOG: u64 = 4;
+const KIND_TIMER: u64 = 5;
+const ID_MASK: u64 = (1 << KIND_SHIFT) - 1;
+
+pub fn token(kind: u64, id: u64) -> Token {
+    (kind << KIND_SHIFT) | (id & ID_MASK)
+}
+
+/// Bytes of one receive.
+const RECV_SIZE: usize = 64 * 1024;
+/// Unparsed input a client may accumulate (one largest command and then some).
+const INPUT_MAX: usize = 2 * crate::constants::VALUE_SIZE_MAX + (1 << 20);
+/// Output waiting for a slow reader beyond which the server stops reading from it.
+const OUTPUT_PAUSE: usize = 32 << 20;
+const TIMER_PERIOD: Duration = Duration::from_millis(100);
+
+struct PendingReply {
+    db: usize,
+    wait: Lsn,
+    bytes: Vec<u8>,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    session: Session,
+    input: Vec<u8>,
+    replies: VecDeque<PendingReply>,
+    output: Vec<u8>,
+    send_len: usize,
+    receiving: bool,
+    /// No more reading: close once everything queued is sent.
+    closing: bool,
+    /// A reply whose transaction waits for log space to be appended.
+    waiting_space: Option<(Reply, usize)>,
+}
+
+pub struct ServerShard {
+    config: ServerConfig,
+    dbs: Vec<Database>,
+    listener: Option<OwnedFd>,
+    conns: HashMap<u64, Conn>,
+    next_conn_id: u64,
+    cursors: Cursors,
+    stop: Arc<AtomicBool>,
+    stopping: bool,
+    started: Instant,
+    last_checkpoint: Instant,
+    config_table: Vec<(&'static str, String)>,
+    wakes: Vec<Wake>,
+    tcp_port: u16,
+}
+
+impl ServerShard {
+    pub fn new(config: ServerConfig, dbs: Vec<Database>, listener: OwnedFd, stop: Arc<AtomicBool>) -> Self {
+        let tcp_port = crate::io::net::local_addr(listener.as_raw_fd()).map(|a| a.port()).unwrap_or(0);
+        let config_table = vec![
+            ("save", String::new()),
+            ("appendonly", "no".to_string()),
+            ("appendfsync", "always".to_string()),
+            ("databases", config.databases.to_string()),
+            ("maxclients", config.maxclients.to_string()),
+            ("port", tcp_port.to_string()),
+            ("dir", config.data_dir.display().to_string()),
+        ];
+        Self {
+            config,
+            dbs,
+            listener: Some(listener),
+            conns: HashMap::new(),
+            next_conn_id: 1,
+            cursors: Cursors::default(),
+            stop,
+            stopping: false,
+            started: Instant::now(),
+            last_checkpoint: Instant::now(),
+            config_table,
+            wakes: Vec::new(),
+            tcp_port,
+        }
+    }
+
+    fn accept_next(&mut self, ring: &mut Ring) -> Result<()> {
+        if let Some(listener) = &self.listener {
+            ring.accept(listener.as_raw_fd(), token(KIND_ACCEPT, 0))?;
+        }
+        Ok(())
+    }
+
+    fn on_accept(&mut self, ring: &mut Ring, c: Completion) -> Result<()> {
+        if self.listener.is_none() {
+            if c.result >= 0 {
+                // SAFETY: a successful accept returns a new descriptor we own.
+                drop(unsafe { OwnedFd::from_raw_fd(c.result) });
+            }
+            return Ok(());
+        }
+        if c.result < 0 {
+            eprintln!("mirrorlog: accept failed: {}", std::io::Error::from_raw_os_error(-c.result));
+            return self.accept_next(ring);
+        }
+        // SAFETY: a successful accept returns a new descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+        if self.conns.len() >= self.config.maxclients {
+            let msg = b"-ERR max number of clients reached\r\n";
+            // SAFETY: plain send(2) of a static buffer on a descriptor we own; best effort.
+            unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    msg.as_ptr() as *const libc::c_void,
+                    msg.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+        } else {
+            let _ = crate::io::net::set_nodelay(fd.as_raw_fd());
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            let session = Session::new(id, self.config.requirepass.is_some());
+            self.conns.insert(
+                id,
+                Conn {
+                    fd,
+                    session,
+                    input: Vec::new(),
+                    replies: VecDeque::new(),
+                    output: Vec::new(),
+                    send_len: 0,
+                    receiving: false,
+                    closing: false,
+                    waiting_space: None,
+                },
+            );
+            self.post_recv(ring, id)?;
+        }
+        self.accept_next(ring)
+    }
+
+    fn post_recv(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        if conn.receiving || conn.closing || conn.output.len() > OUTPUT_PAUSE {
+            return Ok(());
+        }
+        conn.receiving = true;
+        ring.recv(conn.fd.as_raw_fd(), AlignedBuf::new(RECV_SIZE), token(KIND_RECV, id))?;
+        Ok(())
+    }
+
+    fn on_recv(&mut self, ring: &mut Ring, id: u64, c: Completion) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        conn.receiving = false;
+        if c.result <= 0 {
+            // EOF or an error: the client is gone; nothing more can be sent to it.
+            self.conns.remove(&id);
+            return Ok(());
+        }
+        let buf = c.buf.expect("a receive returns its buffer");
+        conn.input.extend_from_slice(&buf[..c.result as usize]);
+        self.process(id);
+        self.flush(ring, id)?;
+        self.post_recv(ring, id)
+    }
+
+    /// Runs every complete command in the connection's input.
+    fn process(&mut self, id: u64) {
+        let info_clients = self.conns.len();
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let mut used = 0;
+        while !conn.closing && conn.waiting_space.is_none() {
+            if self.dbs[conn.session.db].commit_in_progress() {
+                break; // resumed when the transaction in progress is appended
+            }
+            let (command, n) = match resp::parse_command(&conn.input[used..]) {
+                Ok(parsed) => parsed,
+                Err(ParseError::Incomplete) => {
+                    if conn.input.len() - used > INPUT_MAX {
+                        queue_now(conn, Reply::error("ERR Protocol error: client query buffer exceeds the limit"));
+                        conn.closing = true;
+                    }
+                    break;
+                }
+                Err(ParseError::Protocol(text)) => {
+                    eprintln!("mirrorlog: client {id}: {text}; closing the connection");
+                    queue_now(conn, Reply::Error(format!("ERR {text}")));
+                    conn.closing = true;
+                    break;
+                }
+            };
+            let start = used;
+            used += n;
+            if command.is_empty() {
+                continue;
+            }
+            let args: Vec<&[u8]> = command.args.iter().map(|r| &conn.input[start + r.start..start + r.end]).collect();
+            let info = ServerInfo {
+                requirepass: self.config.requirepass.as_deref(),
+                connected_clients: info_clients,
+                uptime_s: self.started.elapsed().as_secs(),
+                tcp_port: self.tcp_port,
+                maxclients: self.config.maxclients,
+                config: &self.config_table,
+            };
+            let protocol_before = conn.session.protocol;
+            let outcome = commands::execute(&args, &mut conn.session, &mut self.dbs, &mut self.cursors, &info);
+            let protocol = if matches!(args[0], b"HELLO" | b"hello") { conn.session.protocol } else { protocol_before };
+            match outcome {
+                Outcome::Reply { reply, db, wait } => {
+                    let mut bytes = Vec::new();
+                    reply.encode(protocol, &mut bytes);
+                    conn.replies.push_back(PendingReply { db, wait, bytes });
+                }
+                Outcome::Close(reply) => {
+                    queue_now(conn, reply);
+                    conn.closing = true;
+                }
+                Outcome::WaitingForSpace { reply, db } => conn.waiting_space = Some((reply, db)),
+            }
+        }
+        conn.input.drain(..used);
+    }
+
+    /// Moves hardened replies to the output and starts a send.
+    fn flush(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        while let Some(front) = conn.replies.front() {
+            if front.wait > self.dbs[front.db].log.lsn_hardened() {
+                break;
+            }
+            let reply = conn.replies.pop_front().expect("front exists");
+            conn.output.extend_from_slice(&reply.bytes);
+        }
+        if conn.send_len == 0 && !conn.output.is_empty() {
+            let len = conn.output.len().min(4 << 20);
+            let mut buf = AlignedBuf::new(len);
+            buf.set_len(len);
+            buf.copy_from_slice(&conn.output[..len]);
+            conn.send_len = len;
+            ring.send(conn.fd.as_raw_fd(), buf, 0, len, token(KIND_SEND, id))?;
+        } else if conn.send_len == 0
+            && conn.closing
+            && conn.replies.is_empty()
+            && conn.waiting_space.is_none()
+            && !conn.receiving
+        {
+            self.conns.remove(&id);
+        }
+        Ok(())
+    }
+
+    fn on_send(&mut self, ring: &mut Ring, id: u64, c: Completion) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        if c.result <= 0 {
+            self.conns.remove(&id);
+            return Ok(());
+        }
+        let sent = (c.result as usize).min(conn.send_len);
+        conn.output.drain(..sent);
+        conn.send_len = 0;
+        self.flush(ring, id)?;
+        self.post_recv(ring, id)
+    }
+
+    fn on_log(&mut self, ring: &mut Ring, db: usize, c: Completion) -> Result<()> {
+        self.dbs[db].on_log_completion(c, &mut self.wakes);
+        self.wakes.clear();
+        if self.dbs[db].log.is_failed() {
+            eprintln!("mirrorlog: database {db} failed; its clients get errors");
+        }
+        // A transaction waiting for log space goes on.
+        let waiting: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.waiting_space.as_ref().is_some_and(|w| w.1 == db))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            let progress = self.dbs[db].continue_commit();
+            let conn = self.conns.get_mut(&id).expect("listed above");
+            match progress {
+                Ok(CommitProgress::WaitingForSpace) => {}
+                Ok(CommitProgress::Appended(lsn)) => {
+                    let (reply, db) = conn.waiting_space.take().expect("waiting");
+                    let mut bytes = Vec::new();
+                    reply.encode(conn.session.protocol, &mut bytes);
+                    conn.replies.push_back(PendingReply { db, wait: lsn, bytes });
+                }
+                Err(e) => {
+                    conn.waiting_space = None;
+                    queue_now(conn, Reply::error(format!("ERR {e}")));
+                }
+            }
+        }
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let conn = &self.conns[&id];
+            if conn.replies.front().is_some_and(|r| r.db == db)
+                || (!conn.input.is_empty() && !self.dbs[conn.session.db].commit_in_progress())
+            {
+                self.process(id);
+                self.flush(ring, id)?;
+            }
+            if self.dbs[db].log.is_failed() {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    // Replies that wait for a log that will never harden get an error instead.
+                    let failed: Vec<usize> = conn
+                        .replies
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.db == db && r.wait > Lsn::ZERO)
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !failed.is_empty() {
+                        conn.replies.retain(|r| r.db != db || r.wait == Lsn::ZERO);
+                        queue_now(conn, Reply::error("ERR the database's log failed; the write is not durable"));
+                        conn.closing = true;
+                        self.flush(ring, id)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, ring: &mut Ring) -> Result<()> {
+        if self.stop.load(Ordering::SeqCst) && !self.stopping {
+            self.stopping = true;
+            self.listener = None; // no new clients; in-flight commits finish
+        }
+        if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+            for db in &mut self.dbs {
+                db.checkpoint_now()?;
+            }
+            self.last_checkpoint = Instant::now();
+        }
+        ring.timeout(TIMER_PERIOD, token(KIND_TIMER, 0))?;
+        Ok(())
+    }
+
+    fn quiescent(&self) -> bool {
+        self.dbs.iter().all(|db| {
+            !db.commit_in_progress() && db.log.lsn_hardened() >= db.log.lsn_appended() && !db.log.write_in_flight()
+        })
+    }
+}
+
+fn queue_now(conn: &mut Conn, reply: Reply) {
+    let mut bytes = Vec::new();
+    reply.encode(conn.session.protocol, &mut bytes);
+    conn.replies.push_back(PendingReply { db: 0, wait: Lsn::ZERO, bytes });
+}
+
+impl ShardWork for ServerShard {
+    fn start(&mut self, ring: &mut Ring) -> Result<()> {
+        self.accept_next(ring)?;
+        ring.timeout(TIMER_PERIOD, token(KIND_TIMER, 0))?;
+        Ok(())
+    }
+
+    fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool> {
+        for db in &mut self.dbs {
+            db.log.submit(ring)?;
+        }
+        if self.stopping && self.quiescent() {
+            // Every acknowledged commit is durable; send what is left, checkpoint, and stop.
+            let ids: Vec<u64> = self.conns.keys().copied().collect();
+            for id in ids {
+                self.flush(ring, id)?;
+            }
+            for db in &mut self.dbs {
+                db.checkpoint_now()?;
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn complete(&mut self, ring: &mut Ring, c: Completion) -> Result<()> {
+        let id = c.token & ID_MASK;
+        match c.token >> KIND_SHIFT {
+            KIND_ACCEPT => self.on_accept(ring, c),
+            KIND_RECV => self.on_recv(ring, id, c),
+            KIND_SEND => self.on_send(ring, id, c),
+            KIND_LOG => self.on_log(ring, id as usize, c),
+            KIND_TIMER => self.on_timer(ring),
+            _ => Ok(()),
+        }
+    }
+}
