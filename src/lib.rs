@@ -4,6 +4,7 @@
 //! `src/docs/` and are part of this documentation.
 
 pub mod bench;
+pub mod client;
 pub mod config_file;
 pub mod constants;
 pub mod debug;

@@ -112,6 +112,11 @@ enum InspectCommand {
         #[arg(long)]
         records: bool,
     },
+    /// Verifies every page checksum of every database under DIR and prints a digest of each.
+    Pages {
+        /// A server data directory (holding db0, db1, …) or one database's directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +195,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let inspection = mirrorlog::inspect::wal::inspect(&dir, records, &mut out)
                 .with_context(|| format!("inspect {}", dir.display()))?;
             if inspection.problem.is_some() {
+                std::process::exit(2);
+            }
+        }
+        Command::Inspect(InspectCommand::Pages { dir }) => {
+            let mut out = std::io::stdout();
+            let inspection = mirrorlog::inspect::pages::inspect(&dir, &mut out)
+                .with_context(|| format!("inspect {}", dir.display()))?;
+            if !inspection.pages_bad.is_empty() {
                 std::process::exit(2);
             }
         }

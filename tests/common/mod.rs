@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: drive a log writer on a ring, synchronously.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::Path;
 
 use mirrorlog::io::ring::Ring;

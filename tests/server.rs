@@ -1,0 +1,250 @@
+//! The RESP server driven by real Redis tools and clients: redis-cli, redis-benchmark, redis-py.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::scratch;
+use common::server::{bulk, tool, ServerProcess};
+use mirrorlog::client::Value;
+
+fn cli(server: &ServerProcess, args: &[&str]) -> String {
+    let out = tool("redis-cli").args(["-p", &server.port()]).args(args).output().unwrap();
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+#[test]
+fn redis_cli_commands() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let cases: &[(&[&str], &str)] = &[
+        (&["PING"], "PONG"),
+        (&["PING", "hi"], "hi"),
+        (&["ECHO", "hello world"], "hello world"),
+        (&["SET", "k", "v"], "OK"),
+        (&["GET", "k"], "v"),
+        (&["GET", "missing"], ""),
+        (&["SET", "k", "w", "NX"], ""),
+        (&["SET", "k", "w", "XX", "GET"], "v"),
+        (&["GETSET", "k", "x"], "w"),
+        (&["APPEND", "k", "yz"], "3"),
+        (&["STRLEN", "k"], "3"),
+        (&["SET", "n", "41"], "OK"),
+        (&["INCR", "n"], "42"),
+        (&["INCRBY", "n", "-2"], "40"),
+        (&["DECR", "n"], "39"),
+        (&["DECRBY", "n", "9"], "30"),
+        (&["INCR", "k"], "ERR value is not an integer or out of range"),
+        (&["SET", "big", "9223372036854775807"], "OK"),
+        (&["INCR", "big"], "ERR increment or decrement would overflow"),
+        (&["MSET", "a", "1", "b", "2"], "OK"),
+        (&["MGET", "a", "b", "nope"], "1\n2"),
+        (&["EXISTS", "a", "b", "nope"], "2"),
+        (&["DEL", "a", "nope"], "1"),
+        (&["SET", "t", "v", "EX", "100"], "OK"),
+        (&["TTL", "t"], "100"),
+        (&["PERSIST", "t"], "1"),
+        (&["TTL", "t"], "-1"),
+        (&["EXPIRE", "t", "50"], "1"),
+        (&["TTL", "missing"], "-2"),
+        (&["SET", "k", "v", "EX", "0"], "ERR invalid expire time in 'set' command"),
+        (&["SET", "k", "v", "NX", "XX"], "ERR syntax error"),
+        (&["GET"], "ERR wrong number of arguments for 'get' command"),
+        (&["NOSUCH", "a"], "ERR unknown command 'NOSUCH', with args beginning with: 'a'"),
+        (&["SELECT", "1"], "OK"),
+        (&["SELECT", "2"], "ERR DB index is out of range"),
+        (&["CLIENT", "SETNAME", "tester"], "OK"),
+        (&["COMMAND", "COUNT"], "35"),
+    ];
+    for (args, expected) in cases {
+        assert_eq!(cli(&server, args), *expected, "redis-cli {args:?}");
+    }
+    assert_eq!(cli(&server, &["DBSIZE"]), "5");
+    let keys = cli(&server, &["KEYS", "*"]);
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort();
+    assert_eq!(keys, vec!["b", "big", "k", "n", "t"]);
+    // Databases are separate.
+    assert_eq!(cli(&server, &["-n", "1", "SET", "only1", "x"]), "OK");
+    assert_eq!(cli(&server, &["-n", "1", "DBSIZE"]), "1");
+    assert_eq!(cli(&server, &["-n", "0", "GET", "only1"]), "");
+    assert_eq!(cli(&server, &["-n", "1", "FLUSHDB"]), "OK");
+    assert_eq!(cli(&server, &["-n", "1", "DBSIZE"]), "0");
+    let info = cli(&server, &["INFO"]);
+    for section in ["# Server", "# Clients", "# Persistence", "# Mirroring", "# Keyspace", "redis_version:"] {
+        assert!(info.contains(section), "INFO lacks {section}: {info}");
+    }
+    assert_eq!(cli(&server, &["CONFIG", "GET", "appendonly"]), "appendonly\nno");
+    let hello = cli(&server, &["-3", "HELLO", "3"]);
+    assert!(hello.contains("proto") && hello.contains('3'), "{hello}");
+    assert!(server.stop(), "SIGTERM stops the server cleanly");
+}
+
+#[test]
+fn redis_benchmark_runs_against_it() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let out = tool("redis-benchmark")
+        .args(["-p", &server.port(), "-t", "set,get", "-n", "3000", "-c", "8", "-d", "100", "-r", "1000", "-q"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(out.status.success(), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("SET:") && l.contains("requests per second")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("GET:") && l.contains("requests per second")), "{text}");
+    let size: i64 = cli(&server, &["DBSIZE"]).parse().unwrap();
+    assert!(size > 100, "redis-benchmark's keys are stored ({size})");
+    assert!(server.stop());
+}
+
+#[test]
+fn redis_py_client() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let script = r#"
+import sys, redis
+port = int(sys.argv[1])
+for proto in (2, 3):
+    r = redis.Redis(host="127.0.0.1", port=port, protocol=proto)
+    assert r.ping()
+    r.set("py:k", "v")
+    assert r.get("py:k") == b"v"
+    assert r.incr("py:n") >= 1
+    p = r.pipeline(transaction=True)
+    p.set("py:a", 1).incr("py:a").get("py:a")
+    assert p.execute() == [True, 2, b"2"], "transaction"
+    p = r.pipeline(transaction=False)
+    for i in range(200):
+        p.set(f"py:p{i}", i)
+    assert all(p.execute())
+    assert sorted(r.scan_iter(match="py:p1*", count=7)) == sorted(f"py:p{i}".encode() for i in range(200) if str(i).startswith("1"))
+    assert r.expire("py:k", 100) and 0 < r.ttl("py:k") <= 100
+    assert r.mget("py:a", "py:none") == [b"2", None]
+    assert r.delete("py:a", "py:none") == 1
+    assert r.dbsize() >= 200
+    r.flushdb()
+print("redis-py ok")
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(server.port()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "redis-py failed (pip install redis; .ci/run installs it):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.stop());
+}
+
+fn raw_exchange(server: &ServerProcess, bytes: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let closed = s.read_to_end(&mut out).is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[test]
+fn bad_input_gets_an_error_and_only_that_connection_closes() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &["--maxclients", "3"]);
+    let mut healthy = server.client();
+    assert_eq!(healthy.command(&[b"SET", b"x", b"1"]).unwrap(), Value::Simple("OK".into()));
+    for (input, error) in [
+        (&b"*x\r\n"[..], "-ERR Protocol error: invalid multibulk length"),
+        (b"*1\r\n:5\r\n", "-ERR Protocol error: expected '$', got ':'"),
+        (b"*1\r\n$999999999999\r\n", "-ERR Protocol error: invalid bulk length"),
+        (b"*1\r\n$99999999\r\n", "-ERR Protocol error: invalid bulk length"),
+        (b"*2\r\n$3\r\nGET\r\n$1\r\nab\r\n", "-ERR Protocol error: bulk string not terminated by CRLF"),
+        (b"SET a \"unbalanced\r\n", "-ERR Protocol error: unbalanced quotes in request"),
+    ] {
+        let (reply, closed) = raw_exchange(&server, input);
+        assert!(reply.starts_with(error), "{:?} -> {reply:?}", String::from_utf8_lossy(input));
+        assert!(closed, "the connection is closed after a protocol error");
+    }
+    // Inline commands work too.
+    let (reply, _) = raw_exchange(&server, b"PING\r\nQUIT\r\n");
+    assert_eq!(reply, "+PONG\r\n+OK\r\n");
+    // The other client was never disturbed.
+    assert_eq!(healthy.command(&[b"GET", b"x"]).unwrap(), Value::Bulk(b"1".to_vec()));
+    // Too many clients: refused with an error.
+    let _c2 = server.client();
+    let _c3 = server.client();
+    let mut c4 = server.client();
+    match c4.read_value() {
+        Ok(Value::Error(e)) => assert_eq!(e, "ERR max number of clients reached"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(healthy.command(&[b"PING"]).unwrap(), Value::Simple("PONG".into()));
+    assert!(server.stop());
+}
+
+#[test]
+fn requirepass_demands_auth() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &["--requirepass", "s3cret"]);
+    let mut c = server.client();
+    assert_eq!(c.command(&[b"GET", b"k"]).unwrap(), Value::Error("NOAUTH Authentication required.".into()));
+    assert_eq!(
+        c.command(&[b"AUTH", b"wrong"]).unwrap(),
+        Value::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+    );
+    assert_eq!(c.command(&[b"AUTH", b"s3cret"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(c.command(&[b"SET", b"k", b"v"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(cli(&server, &["-a", "s3cret", "--no-auth-warning", "GET", "k"]), "v");
+    assert!(server.stop());
+}
+
+#[test]
+fn pipelines_multi_exec_and_restart() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let mut c = server.client();
+    let keys: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+    let cmds: Vec<Vec<&[u8]>> = keys.iter().map(|k| vec![&b"SET"[..], k.as_bytes(), k.as_bytes()]).collect();
+    assert!(c.pipeline(&cmds).unwrap().iter().all(|v| *v == Value::Simple("OK".into())));
+    let gets: Vec<Vec<&[u8]>> = keys.iter().map(|k| vec![&b"GET"[..], k.as_bytes()]).collect();
+    let replies = c.pipeline(&gets).unwrap();
+    assert!(replies.iter().zip(&keys).all(|(v, k)| bulk(v) == *k), "pipelined replies in order");
+    let tx: Vec<Vec<&[u8]>> = vec![
+        vec![b"MULTI"],
+        vec![b"SET", b"t", b"1"],
+        vec![b"INCR", b"t"],
+        vec![b"INCR", b"p1"],
+        vec![b"GET", b"t"],
+        vec![b"EXEC"],
+    ];
+    let replies = c.pipeline(&tx).unwrap();
+    assert_eq!(replies[1], Value::Simple("QUEUED".into()));
+    match &replies[5] {
+        Value::Array(items) => {
+            assert_eq!(items[0], Value::Simple("OK".into()));
+            assert_eq!(items[1], Value::Integer(2));
+            assert!(matches!(items[2], Value::Error(_)), "an error inside EXEC does not stop the rest");
+            assert_eq!(items[3], Value::Bulk(b"2".to_vec()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let aborted = c.pipeline(&[vec![b"MULTI"], vec![b"NOSUCH"], vec![b"EXEC"]]).unwrap();
+    assert!(matches!(&aborted[2], Value::Error(e) if e.starts_with("EXECABORT")));
+    let big = vec![b'z'; 3 * 1024 * 1024];
+    assert_eq!(c.command(&[b"SET", b"big", &big]).unwrap(), Value::Simple("OK".into()));
+    assert!(server.stop());
+    let server = ServerProcess::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(c.command(&[b"GET", b"p999"]).unwrap(), Value::Bulk(b"p999".to_vec()));
+    assert_eq!(c.command(&[b"GET", b"t"]).unwrap(), Value::Bulk(b"2".to_vec()));
+    assert_eq!(c.command(&[b"STRLEN", b"big"]).unwrap(), Value::Integer(big.len() as i64));
+    assert!(server.stop());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["inspect", "pages"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("0 bad"), "{text}");
+}
