@@ -49,7 +49,14 @@ pub fn inspect(dir: &Path, out: &mut impl Write) -> Result<PagesInspection> {
             }
         }
         let mut pool = BufferPool::new(data, 1024);
-        let (keys, digest) = if btree::exists(&mut pool).unwrap_or(false) { digest(&mut pool)? } else { (0, 0) };
+        let (keys, digest) =
+            match btree::exists(&mut pool).and_then(|exists| if exists { digest(&mut pool) } else { Ok((0, 0)) }) {
+                Ok(found) => found,
+                Err(e) => {
+                    bad.push(format!("{}: the tree cannot be read: {e}", db_dir.display()));
+                    (0, 0)
+                }
+            };
         writeln!(
             out,
             "{}: {valid} pages valid, {unwritten} unwritten, {} bad; {keys} keys; digest {digest:08x}",
