@@ -40,7 +40,7 @@ fn acknowledged_writes_survive_sigkill_of_the_server() {
     let mut rng = seed;
     // key -> highest acknowledged seq
     let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::new(Mutex::new(HashMap::new()));
-    let mut next_seq = vec![0u64; WRITERS];
+    let mut next_seq = [0u64; WRITERS];
     let mut total_acked = 0u64;
     let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for round in 0..KILLS {
