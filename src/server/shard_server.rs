@@ -76,7 +76,12 @@ pub struct ServerShard {
     config_table: Vec<(&'static str, String)>,
     wakes: Vec<Wake>,
     tcp_port: u16,
+    /// Receive and send buffers come back here for reuse (allocating and zeroing 64 KiB per
+    /// receive showed up as the top cost in profiles).
+    spare_bufs: Vec<AlignedBuf>,
 }
+
+const SPARE_BUFS_MAX: usize = 256;
 
 impl ServerShard {
     pub fn new(config: ServerConfig, dbs: Vec<Database>, listener: OwnedFd, stop: Arc<AtomicBool>) -> Self {
@@ -104,6 +109,7 @@ impl ServerShard {
             config_table,
             wakes: Vec::new(),
             tcp_port,
+            spare_bufs: Vec::new(),
         }
     }
 
@@ -169,7 +175,9 @@ impl ServerShard {
             return Ok(());
         }
         conn.receiving = true;
-        ring.recv(conn.fd.as_raw_fd(), AlignedBuf::new(RECV_SIZE), token(KIND_RECV, id))?;
+        let buf =
+            self.spare_bufs.pop().filter(|b| b.capacity() >= RECV_SIZE).unwrap_or_else(|| AlignedBuf::new(RECV_SIZE));
+        ring.recv(conn.fd.as_raw_fd(), buf, token(KIND_RECV, id))?;
         Ok(())
     }
 
@@ -183,6 +191,7 @@ impl ServerShard {
         }
         let buf = c.buf.expect("a receive returns its buffer");
         conn.input.extend_from_slice(&buf[..c.result as usize]);
+        self.recycle(buf);
         self.process(id);
         self.flush(ring, id)?;
         self.post_recv(ring, id)
@@ -258,7 +267,15 @@ impl ServerShard {
         }
         if conn.send_len == 0 && !conn.output.is_empty() {
             let len = conn.output.len().min(4 << 20);
-            let mut buf = AlignedBuf::new(len);
+            let mut buf = match self.spare_bufs.pop() {
+                Some(b) if len <= b.capacity() => b,
+                other => {
+                    if let Some(b) = other {
+                        self.spare_bufs.push(b);
+                    }
+                    AlignedBuf::new(len)
+                }
+            };
             buf.set_len(len);
             buf.copy_from_slice(&conn.output[..len]);
             conn.send_len = len;
@@ -274,7 +291,16 @@ impl ServerShard {
         Ok(())
     }
 
-    fn on_send(&mut self, ring: &mut Ring, id: u64, c: Completion) -> Result<()> {
+    fn recycle(&mut self, buf: AlignedBuf) {
+        if self.spare_bufs.len() < SPARE_BUFS_MAX && buf.capacity() == RECV_SIZE {
+            self.spare_bufs.push(buf);
+        }
+    }
+
+    fn on_send(&mut self, ring: &mut Ring, id: u64, mut c: Completion) -> Result<()> {
+        if let Some(buf) = c.buf.take() {
+            self.recycle(buf);
+        }
         let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
         if c.result <= 0 {
             self.conns.remove(&id);
