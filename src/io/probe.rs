@@ -14,6 +14,7 @@ pub fn explain_setup_error(e: std::io::Error) -> Error {
         Some(libc::EPERM) => "io_uring is disabled by sysctl kernel.io_uring_disabled or blocked by a seccomp profile (containers often do this)",
         Some(libc::ENOMEM) => "the locked-memory limit (ulimit -l) is too low for the ring",
         Some(libc::EMFILE) | Some(libc::ENFILE) => "too many open files",
+        Some(libc::EINVAL) => "the kernel rejects a ring setup flag: Linux 6.1 or newer is needed (IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_DEFER_TASKRUN)",
         _ => "unknown; see io_uring_setup(2)",
     };
     Error::IoUringUnavailable { detail: e.to_string(), likely_cause }
@@ -37,6 +38,8 @@ const REQUIRED_OPS: &[(u8, &str, &str)] = &[
 
 /// Checks that io_uring can be set up and supports every operation the engine uses.
 pub fn check_io_uring() -> Result<()> {
+    // The engine's own ring set-up, flags included.
+    drop(crate::io::ring::Ring::new(8)?);
     let ring = IoUring::new(8).map_err(explain_setup_error)?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe).map_err(|e| Error::KernelTooOld {
