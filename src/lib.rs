@@ -16,7 +16,12 @@ pub mod store;
 pub mod sync;
 pub mod wal;
 
-#[doc = include_str!("docs/log.md")]
-pub mod docs {}
+/// Design notes: why the engine is built the way it is.
+pub mod docs {
+    #[doc = include_str!("docs/log.md")]
+    pub mod log {}
+    #[doc = include_str!("docs/store.md")]
+    pub mod store {}
+}
 
 pub use error::{Error, Result};

@@ -12,7 +12,7 @@ use mirrorlog::client::Value;
 
 fn cli(server: &ServerProcess, args: &[&str]) -> String {
     let out = tool("redis-cli").args(["-p", &server.port()]).args(args).output().unwrap();
-    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(code == Some(0), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
 
@@ -92,7 +92,7 @@ fn redis_benchmark_runs_against_it() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    assert!(out.status.success(), "{text}");
+    assert!(code == Some(0), "{text}");
     assert!(text.lines().any(|l| l.starts_with("SET:") && l.contains("requests per second")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("GET:") && l.contains("requests per second")), "{text}");
     let size: i64 = cli(&server, &["DBSIZE"]).parse().unwrap();
@@ -130,7 +130,7 @@ print("redis-py ok")
 "#;
     let out = std::process::Command::new("python3").arg("-c").arg(script).arg(server.port()).output().unwrap();
     assert!(
-        out.status.success(),
+        code == Some(0),
         "redis-py failed (pip install redis; .ci/run installs it):\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -239,13 +239,8 @@ fn pipelines_multi_exec_and_restart() {
     assert_eq!(c.command(&[b"GET", b"t"]).unwrap(), Value::Bulk(b"2".to_vec()));
     assert_eq!(c.command(&[b"STRLEN", b"big"]).unwrap(), Value::Integer(big.len() as i64));
     assert!(server.stop());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-        .args(["inspect", "pages"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (code, text) = common::server::inspect_pages(dir.path());
+    assert!(code == Some(0), "{text}");
     assert!(text.contains("0 bad"), "{text}");
 }
 
@@ -288,11 +283,7 @@ fn a_corrupt_page_is_reported_never_served() {
         }
     }
     assert!(errors > 0, "the corruption was detected");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-        .args(["inspect", "pages"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "inspect pages reports the bad pages");
+    let (code, text) = common::server::inspect_pages(dir.path());
+    assert_eq!(code, Some(2), "inspect pages reports the bad pages: {text}");
     drop(server);
 }

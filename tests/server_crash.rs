@@ -110,16 +110,8 @@ fn acknowledged_writes_survive_sigkill_of_the_server() {
         }
         let count = acked.lock().unwrap().len() as u64;
         total_acked = total_acked.max(count);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-            .args(["inspect", "pages"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains(" 0 bad"),
-            "round {round}: inspect pages after the kill:\n{text}"
-        );
+        let (code, text) = common::server::inspect_pages(dir.path());
+        assert!(code == Some(0) && text.contains(" 0 bad"), "round {round}: inspect pages after the kill:\n{text}");
         eprintln!(
             "round {round}: killed; {} writes and {count} keys acknowledged so far",
             writes.load(Ordering::Relaxed)
@@ -127,12 +119,7 @@ fn acknowledged_writes_survive_sigkill_of_the_server() {
     }
     let server = ServerProcess::start(dir.path(), &[]);
     assert!(server.stop(), "a clean stop after the last recovery");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-        .args(["inspect", "pages"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains(" 0 bad"), "{text}");
+    let (code, text) = common::server::inspect_pages(dir.path());
+    assert!(code == Some(0) && text.contains(" 0 bad"), "{text}");
     assert!(total_acked >= 100, "the load acknowledged too little ({total_acked} keys)");
 }

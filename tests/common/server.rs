@@ -94,3 +94,13 @@ pub fn tool(name: &str) -> Command {
     assert!(found, "{name} is not installed (apt-get install redis-tools; .ci/run installs it)");
     Command::new(name)
 }
+
+/// Runs `mirrorlog inspect pages DIR`: (exit code, printed report).
+pub fn inspect_pages(dir: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["inspect", "pages"])
+        .arg(dir)
+        .output()
+        .expect("run inspect pages");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
