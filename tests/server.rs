@@ -12,7 +12,7 @@ use mirrorlog::client::Value;
 
 fn cli(server: &ServerProcess, args: &[&str]) -> String {
     let out = tool("redis-cli").args(["-p", &server.port()]).args(args).output().unwrap();
-    assert!(code == Some(0), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
 
@@ -92,7 +92,7 @@ fn redis_benchmark_runs_against_it() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    assert!(code == Some(0), "{text}");
+    assert!(out.status.success(), "{text}");
     assert!(text.lines().any(|l| l.starts_with("SET:") && l.contains("requests per second")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("GET:") && l.contains("requests per second")), "{text}");
     let size: i64 = cli(&server, &["DBSIZE"]).parse().unwrap();
@@ -130,7 +130,7 @@ print("redis-py ok")
 "#;
     let out = std::process::Command::new("python3").arg("-c").arg(script).arg(server.port()).output().unwrap();
     assert!(
-        code == Some(0),
+        out.status.success(),
         "redis-py failed (pip install redis; .ci/run installs it):\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -286,4 +286,30 @@ fn a_corrupt_page_is_reported_never_served() {
     let (code, text) = common::server::inspect_pages(dir.path());
     assert_eq!(code, Some(2), "inspect pages reports the bad pages: {text}");
     drop(server);
+}
+
+/// Under a sustained write load, checkpoints still run (new commands pause while the log
+/// drains) and release old log segments, so the log does not grow without bound.
+#[test]
+fn checkpoints_run_under_sustained_load_and_release_the_log() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &["--segment-size", "256K", "--checkpoint-interval", "0.1"]);
+    let out = tool("redis-benchmark")
+        .args(["-p", &server.port(), "-t", "set", "-n", "40000", "-c", "16", "-d", "100", "-r", "100000", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let info = cli(&server, &["INFO", "persistence"]);
+    let field = |name: &str| -> u64 {
+        info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    assert!(field("db0_checkpoints:") >= 3, "checkpoints ran under load:\n{info}");
+    let appended = field("db0_lsn_appended:");
+    assert!(appended > 4 << 20, "the load wrote more than 4 MiB of log ({appended})");
+    let segments = std::fs::read_dir(dir.path().join("db0").join("log"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
+        .count();
+    assert!(segments <= 12, "old segments are released ({segments} left for {appended} bytes of log)");
+    assert!(server.stop());
 }

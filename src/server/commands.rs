@@ -808,10 +808,12 @@ fn server_info(args: &[&[u8]], dbs: &mut [Database], info: &ServerInfo<'_>) -> R
         text.push_str("# Persistence\r\nloading:0\r\nwal:on\r\n");
         for (i, db) in dbs.iter().enumerate() {
             text.push_str(&format!(
-                "db{i}_lsn_appended:{}\r\ndb{i}_lsn_hardened:{}\r\ndb{i}_log_writes:{}\r\n",
+                "db{i}_lsn_appended:{}\r\ndb{i}_lsn_hardened:{}\r\ndb{i}_log_writes:{}\r\ndb{i}_checkpoint_lsn:{}\r\ndb{i}_checkpoints:{}\r\n",
                 db.log.lsn_appended().0,
                 db.log.lsn_hardened().0,
-                db.log.stats.writes
+                db.log.stats.writes,
+                db.checkpoint_lsn().0,
+                db.checkpoints
             ));
         }
         text.push_str("\r\n");

@@ -203,8 +203,8 @@ impl ServerShard {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let mut used = 0;
         while !conn.closing && conn.waiting_space.is_none() {
-            if self.dbs[conn.session.db].commit_in_progress() {
-                break; // resumed when the transaction in progress is appended
+            if self.dbs[conn.session.db].paused() {
+                break; // resumed when the transaction in progress is appended or the checkpoint ran
             }
             let (command, n) = match resp::parse_command(&conn.input[used..]) {
                 Ok(parsed) => parsed,
@@ -381,7 +381,7 @@ impl ServerShard {
         }
         if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
             for db in &mut self.dbs {
-                db.checkpoint_now()?;
+                db.request_checkpoint();
             }
             self.last_checkpoint = Instant::now();
         }
@@ -410,6 +410,18 @@ impl ShardWork for ServerShard {
     }
 
     fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool> {
+        let mut resumed = false;
+        for db in &mut self.dbs {
+            resumed |= db.try_checkpoint()?;
+        }
+        if resumed {
+            // Commands held back for the checkpoint run now.
+            let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| !c.input.is_empty()).map(|(id, _)| *id).collect();
+            for id in ids {
+                self.process(id);
+                self.flush(ring, id)?;
+            }
+        }
         for db in &mut self.dbs {
             db.log.submit(ring)?;
         }

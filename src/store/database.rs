@@ -72,6 +72,11 @@ pub struct Database {
     pending: Option<PendingCommit>,
     /// End of the last commit record appended.
     last_commit: Lsn,
+    /// A checkpoint waits for the log to drain: no new command starts until it has run.
+    checkpoint_requested: bool,
+    /// Redo LSN of the last checkpoint.
+    checkpoint_lsn: Lsn,
+    pub checkpoints: u64,
     pub redo_report: RedoReport,
 }
 
@@ -97,6 +102,9 @@ impl Database {
             tx_seq: 0,
             pending: None,
             last_commit: Lsn::ZERO,
+            checkpoint_requested: false,
+            checkpoint_lsn: redo_from,
+            checkpoints: 0,
             redo_report,
         };
         db.last_commit = db.log.lsn_hardened();
@@ -128,6 +136,35 @@ impl Database {
     /// Whether a transaction is being appended (other changes wait until it is).
     pub fn commit_in_progress(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// Whether new commands must wait: a transaction is being appended, or a checkpoint waits
+    /// for the log to drain.
+    pub fn paused(&self) -> bool {
+        self.pending.is_some() || self.checkpoint_requested
+    }
+
+    pub fn checkpoint_lsn(&self) -> Lsn {
+        self.checkpoint_lsn
+    }
+
+    /// Asks for a checkpoint. Under a steady write load the log is never fully hardened between
+    /// batches, so new commands pause (`paused`) until the log drains — one or two flushes — and
+    /// `try_checkpoint` runs it.
+    pub fn request_checkpoint(&mut self) {
+        self.checkpoint_requested = true;
+    }
+
+    /// Runs a requested checkpoint if the log has drained. Returns true if it ran.
+    pub fn try_checkpoint(&mut self) -> Result<bool> {
+        if !self.checkpoint_requested {
+            return Ok(false);
+        }
+        let ran = self.checkpoint_now()?;
+        if ran {
+            self.checkpoint_requested = false;
+        }
+        Ok(ran)
     }
 
     pub fn begin(&mut self) {
@@ -262,6 +299,8 @@ impl Database {
         self.pool.data_file().sync()?;
         self.control.write(redo_lsn)?;
         self.log.set_retention_lsn(redo_lsn);
+        self.checkpoint_lsn = redo_lsn;
+        self.checkpoints += 1;
         Ok(true)
     }
 }
