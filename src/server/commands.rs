@@ -540,6 +540,12 @@ fn set(database: &mut Database, args: &[&[u8]], barrier: &mut Lsn) -> Result<Rep
     if let Some(e) = limit_error(key, data) {
         return Ok(e);
     }
+    if !(nx || xx || get || keep_ttl) {
+        // A plain SET needs nothing of the old value: its reply waits for its own commit, which
+        // covers every earlier change of the key.
+        store(database, key, &StoredValue::new(data.to_vec(), expire_at))?;
+        return Ok(Reply::ok());
+    }
     let old = load(database, key, barrier)?;
     let old_reply = || old.clone().map(|v| Reply::Bulk(v.data)).unwrap_or(Reply::Null);
     if (nx && old.is_some()) || (xx && old.is_none()) {
