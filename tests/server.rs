@@ -313,3 +313,21 @@ fn checkpoints_run_under_sustained_load_and_release_the_log() {
     assert!(segments <= 12, "old segments are released ({segments} left for {appended} bytes of log)");
     assert!(server.stop());
 }
+
+#[test]
+fn a_data_directory_serves_one_process_at_a_time() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another mirrorlog process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.stop());
+}

@@ -61,6 +61,7 @@ pub fn run(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::io(format!("create {}", config.data_dir.display()), e))?;
     crate::io::probe::check_direct_io(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir)?;
     let listener = crate::io::net::listen(config.listen)?;
     let handle = shard::spawn("shard-0".into(), Some(0), move |ring| {
         let mut dbs = Vec::with_capacity(config.databases);
@@ -81,4 +82,26 @@ pub fn run(
         shard::run(ring, &mut work)
     })?;
     handle.join().map_err(|_| Error::Config("the server thread panicked".into()))?
+}
+
+/// Takes an exclusive lock on the data directory for the life of the returned file, so that two
+/// processes never write the same databases.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Config(format!(
+            "{} is in use by another mirrorlog process (lock held on {})",
+            dir.display(),
+            path.display()
+        )));
+    }
+    Ok(file)
 }
