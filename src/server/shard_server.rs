@@ -79,12 +79,19 @@ pub struct ServerShard {
     /// Receive and send buffers come back here for reuse (allocating and zeroing 64 KiB per
     /// receive showed up as the top cost in profiles).
     spare_bufs: Vec<AlignedBuf>,
+    /// Per database: where the expired-key sweep goes on, and whether its transaction waits for
+    /// log space.
+    sweep_after: Vec<Option<Vec<u8>>>,
+    sweep_commit_pending: Vec<bool>,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
+/// Keys the expired-key sweep looks at per database per timer tick.
+const SWEEP_KEYS_PER_TICK: usize = 64;
 
 impl ServerShard {
     pub fn new(config: ServerConfig, dbs: Vec<Database>, listener: OwnedFd, stop: Arc<AtomicBool>) -> Self {
+        let dbs_len = dbs.len();
         let tcp_port = crate::io::net::local_addr(listener.as_raw_fd()).map(|a| a.port()).unwrap_or(0);
         let config_table = vec![
             ("save", String::new()),
@@ -110,6 +117,8 @@ impl ServerShard {
             wakes: Vec::new(),
             tcp_port,
             spare_bufs: Vec::new(),
+            sweep_after: vec![None; dbs_len],
+            sweep_commit_pending: vec![false; dbs_len],
         }
     }
 
@@ -316,6 +325,16 @@ impl ServerShard {
     fn on_log(&mut self, ring: &mut Ring, db: usize, c: Completion) -> Result<()> {
         self.dbs[db].on_log_completion(c, &mut self.wakes);
         self.wakes.clear();
+        if self.sweep_commit_pending[db] {
+            match self.dbs[db].continue_commit() {
+                Ok(CommitProgress::WaitingForSpace) => {}
+                Ok(CommitProgress::Appended(_)) => self.sweep_commit_pending[db] = false,
+                Err(e) => {
+                    eprintln!("mirrorlog: database {db}: expired-key sweep commit failed: {e}");
+                    self.sweep_commit_pending[db] = false;
+                }
+            }
+        }
         if self.dbs[db].log.is_failed() {
             eprintln!("mirrorlog: database {db} failed; its clients get errors");
         }
@@ -379,6 +398,11 @@ impl ServerShard {
             self.stopping = true;
             self.listener = None; // no new clients; in-flight commits finish
         }
+        for db in 0..self.dbs.len() {
+            if !self.stopping && !self.dbs[db].paused() && !self.sweep_commit_pending[db] {
+                self.sweep_expired(db);
+            }
+        }
         if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
             for db in &mut self.dbs {
                 db.request_checkpoint();
@@ -387,6 +411,43 @@ impl ServerShard {
         }
         ring.timeout(TIMER_PERIOD, token(KIND_TIMER, 0))?;
         Ok(())
+    }
+
+    /// Deletes expired keys among the next few keys of database `db` (reads treat expired keys
+    /// as absent already; this gives their space back and keeps DBSIZE honest), as one
+    /// transaction through the log like any other change.
+    fn sweep_expired(&mut self, db: usize) {
+        let database = &mut self.dbs[db];
+        database.begin();
+        let now = crate::store::value::now_ms();
+        let swept = (|| -> Result<Option<Vec<u8>>> {
+            let (keys, next) =
+                crate::store::btree::keys_after(database.pool(), self.sweep_after[db].as_deref(), SWEEP_KEYS_PER_TICK)?;
+            for key in keys {
+                let expired = crate::store::btree::get(database.pool(), &key)?
+                    .and_then(|bytes| crate::store::value::StoredValue::decode(&bytes))
+                    .is_some_and(|v| v.is_expired(now));
+                if expired {
+                    crate::store::btree::delete(database.pool(), &key)?;
+                }
+            }
+            Ok(next)
+        })();
+        match swept {
+            Ok(next) => {
+                self.sweep_after[db] = next;
+                match database.commit() {
+                    Ok(CommitProgress::Appended(_)) => {}
+                    Ok(CommitProgress::WaitingForSpace) => self.sweep_commit_pending[db] = true,
+                    Err(e) => eprintln!("mirrorlog: database {db}: expired-key sweep commit failed: {e}"),
+                }
+            }
+            Err(e) => {
+                database.abort();
+                self.sweep_after[db] = None;
+                eprintln!("mirrorlog: database {db}: expired-key sweep stopped: {e}");
+            }
+        }
     }
 
     fn quiescent(&self) -> bool {
