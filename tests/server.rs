@@ -352,3 +352,42 @@ fn expired_keys_vanish_and_are_swept() {
     assert_eq!(c.command(&[b"GET", b"stays"]).unwrap(), Value::Bulk(b"v".to_vec()));
     assert!(server.stop());
 }
+
+#[test]
+fn scan_cursors_are_single_use_and_an_unknown_one_is_an_error() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let mut c = server.client();
+    let cmds: Vec<Vec<u8>> = (0..30).map(|i| format!("s{i:02}").into_bytes()).collect();
+    let sets: Vec<Vec<&[u8]>> = cmds.iter().map(|k| vec![&b"SET"[..], k.as_slice(), b"v"]).collect();
+    c.pipeline(&sets).unwrap();
+    let Value::Array(first) = c.command(&[b"SCAN", b"0", b"COUNT", b"10"]).unwrap() else { panic!() };
+    let cursor = first[0].as_bytes().unwrap().to_vec();
+    assert_ne!(cursor, b"0");
+    assert!(matches!(c.command(&[b"SCAN", &cursor]).unwrap(), Value::Array(_)));
+    assert_eq!(
+        c.command(&[b"SCAN", &cursor]).unwrap(),
+        Value::Error("ERR invalid cursor".into()),
+        "a cursor is used once"
+    );
+    assert_eq!(c.command(&[b"SCAN", b"999999"]).unwrap(), Value::Error("ERR invalid cursor".into()));
+    // HELLO with a bad password leaves the protocol as it was (RESP2 here).
+    assert!(matches!(c.command(&[b"HELLO", b"3", b"AUTH", b"default", b"nope"]).unwrap(), Value::Error(_)));
+    assert_eq!(c.command(&[b"GET", b"missing"]).unwrap(), Value::Nil);
+    assert!(server.stop());
+}
+
+#[test]
+fn the_largest_value_is_stored_and_a_larger_bulk_is_refused() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let mut c = server.client();
+    let largest = vec![b'L'; mirrorlog::constants::VALUE_SIZE_MAX];
+    assert_eq!(c.command(&[b"SET", b"largest", &largest, b"EX", b"1000"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(c.command(&[b"STRLEN", b"largest"]).unwrap(), Value::Integer(largest.len() as i64));
+    let header = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", mirrorlog::constants::VALUE_SIZE_MAX + 1);
+    let (reply, closed) = raw_exchange(&server, header.as_bytes());
+    assert!(reply.starts_with("-ERR Protocol error: invalid bulk length"), "{reply}");
+    assert!(closed);
+    assert!(server.stop());
+}

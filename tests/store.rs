@@ -134,7 +134,8 @@ fn limits_are_refused_before_anything_changes() {
     db.begin();
     let err = btree::put(db.pool(), &vec![b'k'; 1025], b"v").unwrap_err();
     assert!(matches!(err, Error::Limit(_)), "{err}");
-    let err = btree::put(db.pool(), b"k", &vec![0; 16 * 1024 * 1024 + 1]).unwrap_err();
+    let too_big = mirrorlog::constants::VALUE_SIZE_MAX + mirrorlog::store::value::STORED_VALUE_OVERHEAD_MAX + 1;
+    let err = btree::put(db.pool(), b"k", &vec![0; too_big]).unwrap_err();
     assert!(matches!(err, Error::Limit(_)), "{err}");
     db.abort();
     assert_eq!(btree::meta(db.pool()).unwrap().key_count, 0);

@@ -288,6 +288,11 @@ fn transaction(
     cursors: &mut Cursors,
     as_array: bool,
 ) -> Outcome {
+    if database.is_failed() {
+        return now_reply(err(
+            "ERR the database's log failed (a write or flush error is fatal); it accepts no commands until restarted",
+        ));
+    }
     if database.commit_in_progress() {
         return now_reply(err("ERR internal: a transaction is still being appended"));
     }
@@ -529,7 +534,9 @@ fn set(database: &mut Database, args: &[&[u8]], barrier: &mut Lsn) -> Result<Rep
                     "EXAT" => n.checked_mul(1000),
                     _ => Some(n),
                 };
-                let Some(at) = at else { return Ok(err("ERR invalid expire time in 'set' command")) };
+                let Some(at) = at.filter(|&at| at <= i64::MAX as u64) else {
+                    return Ok(err("ERR invalid expire time in 'set' command"));
+                };
                 expire_at = Some(at);
                 i += 1;
             }
@@ -565,7 +572,10 @@ fn expire(database: &mut Database, args: &[&[u8]], seconds: bool, barrier: &mut 
     let Some(mut value) = load(database, args[1], barrier)? else { return Ok(Reply::Integer(0)) };
     let delta_ms = if seconds { n.checked_mul(1000) } else { Some(n) };
     let Some(at) = delta_ms.and_then(|d| (now_ms() as i64).checked_add(d)) else {
-        return Ok(err("ERR invalid expire time in 'expire' command"));
+        return Ok(err(&format!(
+            "ERR invalid expire time in '{}' command",
+            if seconds { "expire" } else { "pexpire" }
+        )));
     };
     let current = value.expire_at_ms;
     let allowed = match flag.as_deref() {
@@ -616,10 +626,11 @@ fn scan(
     *barrier = (*barrier).max(database.last_commit());
     let after = match cursor {
         0 => None,
-        c => match cursors.positions.get(&c) {
-            Some((cursor_db, key)) if *cursor_db == db => Some(key.clone()),
-            // An unknown or expired cursor ends the iteration, as an invalid cursor would.
-            _ => return Ok(Reply::Array(vec![Reply::bulk("0"), Reply::Array(Vec::new())])),
+        c => match cursors.positions.remove(&c) {
+            Some((cursor_db, key)) if cursor_db == db => Some(key),
+            // Unknown, already used, or forgotten after CURSORS_MAX newer ones: say so rather
+            // than pretend the iteration ended.
+            _ => return Ok(err("ERR invalid cursor")),
         },
     };
     let (keys, next) = btree::keys_after(database.pool(), after.as_deref(), count)?;
@@ -638,10 +649,11 @@ fn scan(
 
 fn hello(args: &[&[u8]], session: &mut Session, info: &ServerInfo<'_>) -> Reply {
     let mut i = 1;
+    let mut protocol = session.protocol;
     if let Some(v) = args.get(1) {
         match parse_i64(v) {
-            Some(2) => session.protocol = Protocol::Resp2,
-            Some(3) => session.protocol = Protocol::Resp3,
+            Some(2) => protocol = Protocol::Resp2,
+            Some(3) => protocol = Protocol::Resp3,
             _ => return err("NOPROTO unsupported protocol version"),
         }
         i = 2;
@@ -662,7 +674,9 @@ fn hello(args: &[&[u8]], session: &mut Session, info: &ServerInfo<'_>) -> Reply 
             _ => return err(SYNTAX),
         }
     }
-    if !session.authenticated {
+    if session.authenticated {
+        session.protocol = protocol;
+    } else {
         return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
     let proto = if session.protocol == Protocol::Resp3 { 3 } else { 2 };

@@ -41,6 +41,8 @@ const INPUT_MAX: usize = 2 * crate::constants::VALUE_SIZE_MAX + (1 << 20);
 /// Output waiting for a slow reader beyond which the server stops reading from it.
 const OUTPUT_PAUSE: usize = 32 << 20;
 const TIMER_PERIOD: Duration = Duration::from_millis(100);
+/// At a stop, how long the server waits for clients to read their last replies.
+const STOP_SEND_GRACE: Duration = Duration::from_secs(5);
 
 struct PendingReply {
     db: usize,
@@ -71,6 +73,7 @@ pub struct ServerShard {
     cursors: Cursors,
     stop: Arc<AtomicBool>,
     stopping: bool,
+    stop_began: Option<Instant>,
     started: Instant,
     last_checkpoint: Instant,
     config_table: Vec<(&'static str, String)>,
@@ -79,10 +82,8 @@ pub struct ServerShard {
     /// Receive and send buffers come back here for reuse (allocating and zeroing 64 KiB per
     /// receive showed up as the top cost in profiles).
     spare_bufs: Vec<AlignedBuf>,
-    /// Per database: where the expired-key sweep goes on, and whether its transaction waits for
-    /// log space.
+    /// Per database: where the expired-key sweep goes on.
     sweep_after: Vec<Option<Vec<u8>>>,
-    sweep_commit_pending: Vec<bool>,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
@@ -111,6 +112,7 @@ impl ServerShard {
             cursors: Cursors::default(),
             stop,
             stopping: false,
+            stop_began: None,
             started: Instant::now(),
             last_checkpoint: Instant::now(),
             config_table,
@@ -118,7 +120,6 @@ impl ServerShard {
             tcp_port,
             spare_bufs: Vec::new(),
             sweep_after: vec![None; dbs_len],
-            sweep_commit_pending: vec![false; dbs_len],
         }
     }
 
@@ -180,7 +181,7 @@ impl ServerShard {
 
     fn post_recv(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
         let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
-        if conn.receiving || conn.closing || conn.output.len() > OUTPUT_PAUSE {
+        if conn.receiving || conn.closing || conn.output.len() > OUTPUT_PAUSE || conn.input.len() > INPUT_MAX {
             return Ok(());
         }
         conn.receiving = true;
@@ -211,7 +212,7 @@ impl ServerShard {
         let info_clients = self.conns.len();
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let mut used = 0;
-        while !conn.closing && conn.waiting_space.is_none() {
+        while !conn.closing && conn.waiting_space.is_none() && !self.stopping {
             if self.dbs[conn.session.db].paused() {
                 break; // resumed when the transaction in progress is appended or the checkpoint ran
             }
@@ -247,7 +248,7 @@ impl ServerShard {
             };
             let protocol_before = conn.session.protocol;
             let outcome = commands::execute(&args, &mut conn.session, &mut self.dbs, &mut self.cursors, &info);
-            let protocol = if matches!(args[0], b"HELLO" | b"hello") { conn.session.protocol } else { protocol_before };
+            let protocol = if args[0].eq_ignore_ascii_case(b"HELLO") { conn.session.protocol } else { protocol_before };
             match outcome {
                 Outcome::Reply { reply, db, wait } => {
                     let mut bytes = Vec::new();
@@ -325,81 +326,79 @@ impl ServerShard {
     fn on_log(&mut self, ring: &mut Ring, db: usize, c: Completion) -> Result<()> {
         self.dbs[db].on_log_completion(c, &mut self.wakes);
         self.wakes.clear();
-        if self.sweep_commit_pending[db] {
-            match self.dbs[db].continue_commit() {
-                Ok(CommitProgress::WaitingForSpace) => {}
-                Ok(CommitProgress::Appended(_)) => self.sweep_commit_pending[db] = false,
-                Err(e) => {
-                    eprintln!("mirrorlog: database {db}: expired-key sweep commit failed: {e}");
-                    self.sweep_commit_pending[db] = false;
-                }
-            }
-        }
-        if self.dbs[db].log.is_failed() {
-            eprintln!("mirrorlog: database {db} failed; its clients get errors");
-        }
-        // A transaction waiting for log space goes on.
-        let waiting: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.waiting_space.as_ref().is_some_and(|w| w.1 == db))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in waiting {
-            let progress = self.dbs[db].continue_commit();
-            let conn = self.conns.get_mut(&id).expect("listed above");
-            match progress {
-                Ok(CommitProgress::WaitingForSpace) => {}
-                Ok(CommitProgress::Appended(lsn)) => {
-                    let (reply, db) = conn.waiting_space.take().expect("waiting");
-                    let mut bytes = Vec::new();
-                    reply.encode(conn.session.protocol, &mut bytes);
-                    conn.replies.push_back(PendingReply { db, wait: lsn, bytes });
-                }
-                Err(e) => {
-                    conn.waiting_space = None;
-                    queue_now(conn, Reply::error(format!("ERR {e}")));
-                }
-            }
+        self.continue_pending_commit(db);
+        if self.dbs[db].is_failed() {
+            eprintln!("mirrorlog: database {db}: the log failed; its clients get errors");
         }
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
-            let conn = &self.conns[&id];
+            if self.dbs[db].is_failed() {
+                self.fail_replies(id, db);
+            }
+            let Some(conn) = self.conns.get(&id) else { continue };
             if conn.replies.front().is_some_and(|r| r.db == db)
-                || (!conn.input.is_empty() && !self.dbs[conn.session.db].commit_in_progress())
+                || conn.closing
+                || (!conn.input.is_empty() && !self.dbs[conn.session.db].paused())
             {
                 self.process(id);
                 self.flush(ring, id)?;
-            }
-            if self.dbs[db].log.is_failed() {
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    // Replies that wait for a log that will never harden get an error instead.
-                    let failed: Vec<usize> = conn
-                        .replies
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| r.db == db && r.wait > Lsn::ZERO)
-                        .map(|(i, _)| i)
-                        .collect();
-                    if !failed.is_empty() {
-                        conn.replies.retain(|r| r.db != db || r.wait == Lsn::ZERO);
-                        queue_now(conn, Reply::error("ERR the database's log failed; the write is not durable"));
-                        conn.closing = true;
-                        self.flush(ring, id)?;
-                    }
-                }
             }
         }
         Ok(())
     }
 
+    /// Appends what remains of database `db`'s pending transaction, whoever started it: a
+    /// connection (which gets its reply), the expired-key sweep, or a client that disconnected
+    /// meanwhile (the transaction still completes, so the database never stays paused).
+    fn continue_pending_commit(&mut self, db: usize) {
+        if !self.dbs[db].commit_in_progress() {
+            return;
+        }
+        let progress = self.dbs[db].continue_commit();
+        let owner =
+            self.conns.iter().find(|(_, c)| c.waiting_space.as_ref().is_some_and(|w| w.1 == db)).map(|(id, _)| *id);
+        match (progress, owner) {
+            (Ok(CommitProgress::WaitingForSpace), _) => {}
+            (Ok(CommitProgress::Appended(lsn)), Some(id)) => {
+                let conn = self.conns.get_mut(&id).expect("found above");
+                let (reply, db) = conn.waiting_space.take().expect("waiting");
+                let mut bytes = Vec::new();
+                reply.encode(conn.session.protocol, &mut bytes);
+                conn.replies.push_back(PendingReply { db, wait: lsn, bytes });
+            }
+            (Ok(CommitProgress::Appended(_)), None) => {}
+            (Err(e), owner) => {
+                eprintln!("mirrorlog: database {db}: commit failed: {e}");
+                if let Some(conn) = owner.and_then(|id| self.conns.get_mut(&id)) {
+                    conn.waiting_space = None;
+                    queue_now(conn, Reply::error(format!("ERR {e}")));
+                    conn.closing = true;
+                }
+            }
+        }
+    }
+
+    /// The log of `db` failed: the first reply of connection `id` that waits on it, and every
+    /// reply after it, are replaced by one error, and the connection closes — so no reply can
+    /// shift onto another command and make an undurable write look acknowledged.
+    fn fail_replies(&mut self, id: u64, db: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if let Some(first) = conn.replies.iter().position(|r| r.db == db && r.wait > Lsn::ZERO) {
+            conn.replies.truncate(first);
+            queue_now(conn, Reply::error("ERR the database's log failed; this and later commands are not durable"));
+            conn.closing = true;
+            conn.input.clear();
+        }
+    }
+
     fn on_timer(&mut self, ring: &mut Ring) -> Result<()> {
         if self.stop.load(Ordering::SeqCst) && !self.stopping {
             self.stopping = true;
+            self.stop_began = Some(Instant::now());
             self.listener = None; // no new clients; in-flight commits finish
         }
         for db in 0..self.dbs.len() {
-            if !self.stopping && !self.dbs[db].paused() && !self.sweep_commit_pending[db] {
+            if !self.stopping && !self.dbs[db].paused() && !self.dbs[db].is_failed() {
                 self.sweep_expired(db);
             }
         }
@@ -424,9 +423,13 @@ impl ServerShard {
             let (keys, next) =
                 crate::store::btree::keys_after(database.pool(), self.sweep_after[db].as_deref(), SWEEP_KEYS_PER_TICK)?;
             for key in keys {
-                let expired = crate::store::btree::get(database.pool(), &key)?
-                    .and_then(|bytes| crate::store::value::StoredValue::decode(&bytes))
-                    .is_some_and(|v| v.is_expired(now));
+                let expired = crate::store::btree::get_prefix(
+                    database.pool(),
+                    &key,
+                    crate::store::value::STORED_VALUE_OVERHEAD_MAX,
+                )?
+                .and_then(|head| crate::store::value::expiry_of(&head))
+                .is_some_and(|at| at <= now);
                 if expired {
                     crate::store::btree::delete(database.pool(), &key)?;
                 }
@@ -436,10 +439,9 @@ impl ServerShard {
         match swept {
             Ok(next) => {
                 self.sweep_after[db] = next;
-                match database.commit() {
-                    Ok(CommitProgress::Appended(_)) => {}
-                    Ok(CommitProgress::WaitingForSpace) => self.sweep_commit_pending[db] = true,
-                    Err(e) => eprintln!("mirrorlog: database {db}: expired-key sweep commit failed: {e}"),
+                // A commit that must wait for log space goes on in `continue_pending_commit`.
+                if let Err(e) = database.commit() {
+                    eprintln!("mirrorlog: database {db}: expired-key sweep commit failed: {e}");
                 }
             }
             Err(e) => {
@@ -450,10 +452,24 @@ impl ServerShard {
         }
     }
 
+    /// Every log is drained (or failed, in which case nothing more will harden).
     fn quiescent(&self) -> bool {
         self.dbs.iter().all(|db| {
-            !db.commit_in_progress() && db.log.lsn_hardened() >= db.log.lsn_appended() && !db.log.write_in_flight()
+            db.is_failed()
+                || (!db.commit_in_progress()
+                    && db.log.lsn_hardened() >= db.log.lsn_appended()
+                    && !db.log.write_in_flight())
         })
+    }
+
+    /// Replies are all sent (or the grace period for clients that do not read is over).
+    fn replies_sent(&self) -> bool {
+        let grace_over = self.stop_began.is_some_and(|t| t.elapsed() > STOP_SEND_GRACE);
+        grace_over
+            || self
+                .conns
+                .values()
+                .all(|c| c.send_len == 0 && c.output.is_empty() && c.replies.iter().all(|r| r.wait == Lsn::ZERO))
     }
 }
 
@@ -487,15 +503,19 @@ impl ShardWork for ServerShard {
             db.log.submit(ring)?;
         }
         if self.stopping && self.quiescent() {
-            // Every acknowledged commit is durable; send what is left, checkpoint, and stop.
+            // Every commit is durable: send every reply, wait for the sends, checkpoint, stop.
             let ids: Vec<u64> = self.conns.keys().copied().collect();
             for id in ids {
                 self.flush(ring, id)?;
             }
-            for db in &mut self.dbs {
-                db.checkpoint_now()?;
+            if self.replies_sent() {
+                for db in &mut self.dbs {
+                    if !db.is_failed() {
+                        db.checkpoint_now()?;
+                    }
+                }
+                return Ok(false);
             }
-            return Ok(false);
         }
         Ok(true)
     }

@@ -137,19 +137,11 @@ fn allocate(pool: &mut BufferPool, kind: PageType) -> Result<PageId> {
     Ok(id)
 }
 
-fn free(pool: &mut BufferPool, id: PageId) -> Result<()> {
-    let mut m = meta(pool)?;
-    let p = pool.create(id, PageType::Free)?;
-    put_u64(p, FREE_NEXT, m.free_head.0);
-    m.free_head = id;
-    set_meta(pool, m)
-}
-
 fn check_limits(key: &[u8], value_len: usize) -> Result<()> {
     if key.len() > KEY_SIZE_MAX {
         return Err(Error::Limit(format!("key of {} bytes exceeds the limit of {KEY_SIZE_MAX} bytes", key.len())));
     }
-    if value_len > VALUE_SIZE_MAX {
+    if value_len > VALUE_SIZE_MAX + crate::store::value::STORED_VALUE_OVERHEAD_MAX {
         return Err(Error::Limit(format!("value of {value_len} bytes exceeds the limit of {VALUE_SIZE_MAX} bytes")));
     }
     Ok(())
@@ -186,6 +178,32 @@ pub fn get(pool: &mut BufferPool, key: &[u8]) -> Result<Option<Vec<u8>>> {
     match node::leaf_value_at(as_page(p), i).map_err(|e| node_err(leaf, e))? {
         LeafValue::Inline(v) => Ok(Some(v.to_vec())),
         LeafValue::Overflow { first_page, len } => read_chain(pool, PageId(first_page), len as usize).map(Some),
+    }
+}
+
+/// The first `len` bytes (at most) of `key`'s value, reading only the first page of an overflow
+/// chain (the expiry sweep needs only the value's header).
+pub fn get_prefix(pool: &mut BufferPool, key: &[u8], len: usize) -> Result<Option<Vec<u8>>> {
+    let (leaf, _) = descend(pool, key)?;
+    let p = pool.read(leaf)?;
+    let i = match node::search(as_page(p), NodeKind::Leaf, key).map_err(|e| node_err(leaf, e))? {
+        Ok(i) => i,
+        Err(_) => return Ok(None),
+    };
+    match node::leaf_value_at(as_page(p), i).map_err(|e| node_err(leaf, e))? {
+        LeafValue::Inline(v) => Ok(Some(v[..v.len().min(len)].to_vec())),
+        LeafValue::Overflow { first_page, .. } => {
+            let id = PageId(first_page);
+            let p = pool.read(id)?;
+            if page::page_type(p) != Some(PageType::Overflow) {
+                return Err(corrupt(id, "overflow chain points to a page that is not an overflow page"));
+            }
+            let n = u32::from_le_bytes(p[OVERFLOW_LEN..OVERFLOW_LEN + 4].try_into().expect("4 bytes")) as usize;
+            if n == 0 || n > OVERFLOW_CAPACITY {
+                return Err(corrupt(id, "overflow page length out of range"));
+            }
+            Ok(Some(p[OVERFLOW_DATA..OVERFLOW_DATA + n.min(len)].to_vec()))
+        }
     }
 }
 
@@ -414,55 +432,13 @@ pub fn keys_after(pool: &mut BufferPool, after: Option<&[u8]>, count: usize) -> 
     }
 }
 
-/// Removes every key (FLUSHDB): all pages but the meta page go back to the free list.
+/// Removes every key (FLUSHDB): the tree starts over with a fresh root at page 1 and an empty
+/// free list; every other page becomes unreachable and is reused as the file fills again (a
+/// reused page is always created anew, so its old content never matters). Touches two pages,
+/// whatever the size of the database.
 pub fn clear(pool: &mut BufferPool) -> Result<()> {
-    let m = meta(pool)?;
-    let root = allocate(pool, PageType::Leaf)?;
-    node::init(as_page_mut(pool.write(root)?), 0);
-    let mut pages = Vec::new();
-    collect_tree_pages(pool, m.root, 0, &mut pages)?;
-    for id in pages {
-        free(pool, id)?;
-    }
-    let mut m = meta(pool)?;
-    m.root = root;
-    m.key_count = 0;
-    set_meta(pool, m)
-}
-
-fn collect_tree_pages(pool: &mut BufferPool, id: PageId, depth: usize, out: &mut Vec<PageId>) -> Result<()> {
-    if depth > DEPTH_MAX {
-        return Err(corrupt(id, "tree deeper than possible (a cycle?)"));
-    }
-    let p = *as_page(pool.read(id)?);
-    out.push(id);
-    let n = node::cell_count(&p).map_err(|e| node_err(id, e))?;
-    match page::page_type(&p) {
-        Some(PageType::Leaf) => {
-            for i in 0..n {
-                if let LeafValue::Overflow { first_page, len } =
-                    node::leaf_value_at(&p, i).map_err(|e| node_err(id, e))?
-                {
-                    let mut page_id = PageId(first_page);
-                    for _ in 0..(len as usize).div_ceil(OVERFLOW_CAPACITY) {
-                        out.push(page_id);
-                        page_id = PageId(u64_at(pool.read(page_id)?, OVERFLOW_NEXT));
-                    }
-                }
-            }
-        }
-        Some(PageType::Internal) => {
-            collect_tree_pages(pool, PageId(node::link(&p)), depth + 1, out)?;
-            for i in 0..n {
-                collect_tree_pages(
-                    pool,
-                    PageId(node::internal_child_at(&p, i).map_err(|e| node_err(id, e))?),
-                    depth + 1,
-                    out,
-                )?;
-            }
-        }
-        _ => return Err(corrupt(id, "tree page is neither leaf nor internal")),
-    }
-    Ok(())
+    let root = PageId(1);
+    let leaf = pool.create(root, PageType::Leaf)?;
+    node::init(as_page_mut(leaf), 0);
+    set_meta(pool, Meta { root, next_page: 2, free_head: PageId(0), key_count: 0 })
 }

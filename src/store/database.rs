@@ -204,10 +204,7 @@ impl Database {
                     return Ok(CommitProgress::WaitingForSpace);
                 }
                 Err(AppendError::TooLarge { .. }) => pending.piecewise = true,
-                Err(e) => {
-                    self.pending = Some(pending);
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail_commit(e)),
             }
         }
         while let Some(change) = pending.changes.front() {
@@ -220,10 +217,7 @@ impl Database {
                     self.pending = Some(pending);
                     return Ok(CommitProgress::WaitingForSpace);
                 }
-                Err(e) => {
-                    self.pending = Some(pending);
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail_commit(e)),
             }
         }
         match self.log.append(redo::TX_COMMIT, &pending.seq.to_le_bytes()) {
@@ -236,11 +230,21 @@ impl Database {
                 self.pending = Some(pending);
                 Ok(CommitProgress::WaitingForSpace)
             }
-            Err(e) => {
-                self.pending = Some(pending);
-                Err(e.into())
-            }
+            Err(e) => Err(self.fail_commit(e)),
         }
+    }
+
+    /// The log refused the transaction (it failed: fatal for the database). Nothing of the
+    /// transaction is kept in the pages, and no transaction stays pending.
+    fn fail_commit(&mut self, e: AppendError) -> Error {
+        self.pending = None;
+        self.pool.abort();
+        e.into()
+    }
+
+    /// Whether the database's log failed (fatal: every command gets an error).
+    pub fn is_failed(&self) -> bool {
+        self.log.is_failed()
     }
 
     /// Commits and waits on `ring` until the commit is hardened (start-up, tests, tools; the

@@ -4,6 +4,9 @@
 
 const HAS_EXPIRY: u8 = 1;
 
+/// Bytes the encoding adds to a value at most (flags and expiry).
+pub const STORED_VALUE_OVERHEAD_MAX: usize = 9;
+
 /// A stored value, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredValue {
@@ -43,6 +46,14 @@ impl StoredValue {
 
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expire_at_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
+/// The expiry time of stored bytes, from their first `STORED_VALUE_OVERHEAD_MAX` bytes.
+pub fn expiry_of(head: &[u8]) -> Option<u64> {
+    match head.first()? {
+        &HAS_EXPIRY => Some(u64::from_le_bytes(head.get(1..9)?.try_into().ok()?)),
+        _ => None,
     }
 }
 
