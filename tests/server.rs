@@ -306,11 +306,23 @@ fn checkpoints_run_under_sustained_load_and_release_the_log() {
     assert!(field("db0_checkpoints:") >= 3, "checkpoints ran under load:\n{info}");
     let appended = field("db0_lsn_appended:");
     assert!(appended > 4 << 20, "the load wrote more than 4 MiB of log ({appended})");
-    let segments = std::fs::read_dir(dir.path().join("db0").join("log"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
-        .count();
-    assert!(segments <= 12, "old segments are released ({segments} left for {appended} bytes of log)");
+    // Once the load stops, the next checkpoint releases everything below it; retirement runs
+    // on a background thread, so wait for it (bounded) rather than assume its timing.
+    let count_segments = || {
+        std::fs::read_dir(dir.path().join("db0").join("log"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count_segments() > 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old segments are not released ({} left for {appended} bytes of log)",
+            count_segments()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(server.stop());
 }
 
