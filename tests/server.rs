@@ -350,11 +350,11 @@ fn expired_keys_vanish_and_are_swept() {
     let server = ServerProcess::start(dir.path(), &[]);
     let mut c = server.client();
     let keys: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
-    let cmds: Vec<Vec<&[u8]>> = keys.iter().map(|k| vec![&b"SET"[..], k.as_bytes(), b"v", b"PX", b"150"]).collect();
+    let cmds: Vec<Vec<&[u8]>> = keys.iter().map(|k| vec![&b"SET"[..], k.as_bytes(), b"v", b"PX", b"600"]).collect();
     c.pipeline(&cmds).unwrap();
     c.command(&[b"SET", b"stays", b"v"]).unwrap();
     assert_eq!(c.command(&[b"EXISTS", b"e1"]).unwrap(), Value::Integer(1));
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(700));
     assert_eq!(c.command(&[b"GET", b"e1"]).unwrap(), Value::Nil, "an expired key reads as absent at once");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while c.command(&[b"DBSIZE"]).unwrap() != Value::Integer(1) {
