@@ -332,6 +332,13 @@ fn load(database: &mut Database, key: &[u8], barrier: &mut Lsn) -> Result<Option
     Ok(if value.is_expired(now_ms()) { None } else { Some(value) })
 }
 
+/// Whether `key` exists and has not expired, reading only its value's header (KEYS and SCAN
+/// must not read whole 16 MiB values to list names). Their replies wait for the last commit.
+fn is_live(database: &mut Database, key: &[u8]) -> Result<bool, Error> {
+    let head = btree::get_prefix(database.pool(), key, crate::store::value::STORED_VALUE_OVERHEAD_MAX)?;
+    Ok(head.is_some_and(|h| crate::store::value::expiry_of(&h).is_none_or(|at| at > now_ms())))
+}
+
 fn store(database: &mut Database, key: &[u8], value: &StoredValue) -> Result<(), Error> {
     btree::put(database.pool(), key, &value.encode()).map(|_| ())
 }
@@ -476,7 +483,7 @@ fn data_command(
             loop {
                 let (keys, next) = btree::keys_after(database.pool(), after.as_deref(), 1024)?;
                 for k in keys {
-                    if glob::matches(args[1], &k) && load(database, &k, barrier)?.is_some() {
+                    if glob::matches(args[1], &k) && is_live(database, &k)? {
                         out.push(Reply::Bulk(k));
                     }
                 }
@@ -636,7 +643,7 @@ fn scan(
     let (keys, next) = btree::keys_after(database.pool(), after.as_deref(), count)?;
     let mut out = Vec::new();
     for k in keys {
-        if pattern.is_none_or(|p| glob::matches(p, &k)) && load(database, &k, barrier)?.is_some() {
+        if pattern.is_none_or(|p| glob::matches(p, &k)) && is_live(database, &k)? {
             out.push(Reply::Bulk(k));
         }
     }
