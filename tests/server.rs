@@ -403,3 +403,19 @@ fn the_largest_value_is_stored_and_a_larger_bulk_is_refused() {
     assert!(closed);
     assert!(server.stop());
 }
+
+/// Two large values pipelined into a small cache: the second waits until the first is durable
+/// (its pages can then be written out to make room) instead of failing.
+#[test]
+fn a_full_cache_makes_a_command_wait_not_fail() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &["--databases", "1", "--cache-size", "18MiB"]);
+    let mut c = server.client();
+    let a = vec![b'a'; 12 << 20];
+    let b = vec![b'b'; 12 << 20];
+    let replies = c.pipeline(&[vec![&b"SET"[..], b"a", &a], vec![&b"SET"[..], b"b", &b]]).unwrap();
+    assert_eq!(replies, vec![Value::Simple("OK".into()), Value::Simple("OK".into())]);
+    assert_eq!(c.command(&[b"STRLEN", b"a"]).unwrap(), Value::Integer(a.len() as i64));
+    assert_eq!(c.command(&[b"STRLEN", b"b"]).unwrap(), Value::Integer(b.len() as i64));
+    assert!(server.stop());
+}

@@ -88,6 +88,9 @@ pub enum Outcome {
     Reply { reply: Reply, db: usize, wait: Lsn },
     /// Send `reply`, then close the connection.
     Close(Reply),
+    /// Nothing was done: run the same command again once database `db`'s log is hardened to
+    /// `lsn` (the page cache was full of pages waiting for it).
+    RetryAfter { db: usize, lsn: Lsn },
     /// The transaction is partly appended (the log buffer filled): call
     /// `Database::continue_commit` after the next log write, then send `reply`.
     WaitingForSpace { reply: Reply, db: usize },
@@ -271,7 +274,12 @@ pub fn execute(
             }
             let db = session.db;
             let cmds: Vec<Vec<&[u8]>> = queued.iter().map(|c| c.iter().map(|a| a.as_slice()).collect()).collect();
-            transaction(&mut dbs[db], db, &cmds, cursors, true)
+            let outcome = transaction(&mut dbs[db], db, &cmds, cursors, true);
+            if matches!(outcome, Outcome::RetryAfter { .. }) {
+                // EXEC runs again later: keep the queued commands.
+                session.multi = Some(queued);
+            }
+            outcome
         }
         _ => {
             let db = session.db;
@@ -302,9 +310,15 @@ fn transaction(
     for args in cmds {
         match data_command(database, db, args, cursors, &mut barrier) {
             Ok(reply) => replies.push(reply),
+            Err(Error::CacheFull { needs_hardened: Some(lsn) }) => {
+                // The cache is full of pages the log has not hardened yet: undo, and run the
+                // command again once the log gets there (the connection keeps it unconsumed).
+                database.abort();
+                return Outcome::RetryAfter { db, lsn };
+            }
             Err(e) => {
-                // A failure inside the engine (corrupt page, full cache): nothing of the
-                // transaction is kept.
+                // A failure inside the engine (corrupt page, a transaction larger than the
+                // cache): nothing of the transaction is kept.
                 database.abort();
                 return now_reply(Reply::error(format!("ERR {e}")));
             }

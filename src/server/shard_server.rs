@@ -62,6 +62,8 @@ struct Conn {
     closing: bool,
     /// A reply whose transaction waits for log space to be appended.
     waiting_space: Option<(Reply, usize)>,
+    /// The next command runs again once this database's log is hardened to this LSN.
+    retry_after: Option<(usize, Lsn)>,
 }
 
 pub struct ServerShard {
@@ -172,6 +174,7 @@ impl ServerShard {
                     receiving: false,
                     closing: false,
                     waiting_space: None,
+                    retry_after: None,
                 },
             );
             self.post_recv(ring, id)?;
@@ -212,6 +215,12 @@ impl ServerShard {
         let info_clients = self.conns.len();
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let mut used = 0;
+        if let Some((db, lsn)) = conn.retry_after {
+            if self.dbs[db].log.lsn_hardened() < lsn && !self.dbs[db].is_failed() {
+                return;
+            }
+            conn.retry_after = None;
+        }
         while !conn.closing && conn.waiting_space.is_none() && !self.stopping {
             if self.dbs[conn.session.db].paused() {
                 break; // resumed when the transaction in progress is appended or the checkpoint ran
@@ -260,6 +269,11 @@ impl ServerShard {
                     conn.closing = true;
                 }
                 Outcome::WaitingForSpace { reply, db } => conn.waiting_space = Some((reply, db)),
+                Outcome::RetryAfter { db, lsn } => {
+                    used = start; // the command stays in the input and runs again
+                    conn.retry_after = Some((db, lsn));
+                    break;
+                }
             }
         }
         conn.input.drain(..used);
