@@ -69,6 +69,10 @@ struct ServeArgs {
     /// Seconds between checkpoints (dirty pages written, old log released).
     #[arg(long, default_value_t = 30.0)]
     checkpoint_interval: f64,
+    /// Shard threads, one per core, each owning the databases `i % shards`; 0 = one per core
+    /// (at most one per database).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
     /// Read settings from this file first (`name value` per line; flags given here win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -264,6 +268,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         requirepass: args.requirepass,
         maxclients: args.maxclients,
         checkpoint_interval: Duration::from_secs_f64(args.checkpoint_interval),
+        shards: args.shards,
     };
     let data = config.data_dir.display().to_string();
     let databases = config.databases;

@@ -419,3 +419,44 @@ fn a_full_cache_makes_a_command_wait_not_fail() {
     assert_eq!(c.command(&[b"STRLEN", b"b"]).unwrap(), Value::Integer(b.len() as i64));
     assert!(server.stop());
 }
+
+/// Databases live on different shard threads; SELECT hands the connection over, with whatever
+/// pipelined input follows it.
+#[test]
+fn databases_on_several_shards() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &["--shards", "2", "--databases", "4", "--cache-size", "128MiB"]);
+    let mut c = server.client();
+    let replies = c
+        .pipeline(&[
+            vec![b"SET", b"k", b"zero"],
+            vec![b"SELECT", b"1"],
+            vec![b"SET", b"k", b"one"],
+            vec![b"SELECT", b"2"],
+            vec![b"SET", b"k", b"two"],
+            vec![b"SELECT", b"3"],
+            vec![b"SET", b"k", b"three"],
+            vec![b"GET", b"k"],
+            vec![b"SELECT", b"1"],
+            vec![b"GET", b"k"],
+            vec![b"CLIENT", b"ID"],
+        ])
+        .unwrap();
+    assert_eq!(replies[7], Value::Bulk(b"three".to_vec()));
+    assert_eq!(replies[9], Value::Bulk(b"one".to_vec()));
+    for (db, want) in ["zero", "one", "two", "three"].iter().enumerate() {
+        assert_eq!(cli(&server, &["-n", &db.to_string(), "GET", "k"]), *want);
+    }
+    std::thread::sleep(Duration::from_millis(250)); // each shard publishes its figures every 100 ms
+    let info = cli(&server, &["INFO", "keyspace"]);
+    assert_eq!(info.matches("keys=1").count(), 4, "{info}");
+    // Many clients selecting a database of the other shard at once.
+    let out = tool("redis-benchmark")
+        .args(["-p", &server.port(), "--dbnum", "1", "-t", "set", "-n", "2000", "-c", "20", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(cli(&server, &["-n", "1", "GET", "k"]), "one");
+    assert!(cli(&server, &["-n", "1", "DBSIZE"]).parse::<i64>().unwrap() >= 2);
+    assert!(server.stop());
+}

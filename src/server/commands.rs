@@ -55,6 +55,8 @@ pub struct ServerInfo<'a> {
     pub tcp_port: u16,
     pub maxclients: usize,
     pub config: &'a [(&'static str, String)],
+    /// Every database's figures (published by the shard that owns it).
+    pub stats: &'a [crate::server::shards::DbStats],
 }
 
 /// SCAN cursors: a cursor number stands for the last key returned.
@@ -197,7 +199,7 @@ fn unknown_command(args: &[&[u8]]) -> Reply {
 pub fn execute(
     args: &[&[u8]],
     session: &mut Session,
-    dbs: &mut [Database],
+    dbs: &mut [Option<Database>],
     cursors: &mut Cursors,
     info: &ServerInfo<'_>,
 ) -> Outcome {
@@ -252,7 +254,7 @@ pub fn execute(
         "CLIENT" => now_reply(client(args, session)),
         "COMMAND" => now_reply(command(args)),
         "CONFIG" => now_reply(config(args, info)),
-        "INFO" => now_reply(server_info(args, dbs, info)),
+        "INFO" => now_reply(server_info(args, info)),
         "MULTI" => {
             if session.multi.is_some() {
                 return now_reply(err("ERR MULTI calls can not be nested"));
@@ -274,7 +276,7 @@ pub fn execute(
             }
             let db = session.db;
             let cmds: Vec<Vec<&[u8]>> = queued.iter().map(|c| c.iter().map(|a| a.as_slice()).collect()).collect();
-            let outcome = transaction(&mut dbs[db], db, &cmds, cursors, true);
+            let outcome = transaction(owned(dbs, db), db, &cmds, cursors, true);
             if matches!(outcome, Outcome::RetryAfter { .. }) {
                 // EXEC runs again later: keep the queued commands.
                 session.multi = Some(queued);
@@ -283,9 +285,15 @@ pub fn execute(
         }
         _ => {
             let db = session.db;
-            transaction(&mut dbs[db], db, &[args.to_vec()], cursors, false)
+            transaction(owned(dbs, db), db, &[args.to_vec()], cursors, false)
         }
     }
+}
+
+/// The session's database; the server hands a connection to the database's shard before it runs
+/// a command there, so it is always this shard's.
+fn owned(dbs: &mut [Option<Database>], db: usize) -> &mut Database {
+    dbs[db].as_mut().expect("commands run on the shard that owns their database")
 }
 
 /// Runs data commands as one transaction and commits it.
@@ -822,7 +830,8 @@ fn config(args: &[&[u8]], info: &ServerInfo<'_>) -> Reply {
     Reply::Map(pairs)
 }
 
-fn server_info(args: &[&[u8]], dbs: &mut [Database], info: &ServerInfo<'_>) -> Reply {
+fn server_info(args: &[&[u8]], info: &ServerInfo<'_>) -> Reply {
+    use std::sync::atomic::Ordering::Relaxed;
     let wanted: Vec<String> = args[1..].iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect();
     let all = wanted.is_empty() || wanted.iter().any(|w| w == "all" || w == "everything" || w == "default");
     let want = |s: &str| all || wanted.iter().any(|w| w == s);
@@ -847,14 +856,14 @@ fn server_info(args: &[&[u8]], dbs: &mut [Database], info: &ServerInfo<'_>) -> R
     }
     if want("persistence") {
         text.push_str("# Persistence\r\nloading:0\r\nwal:on\r\n");
-        for (i, db) in dbs.iter().enumerate() {
+        for (i, s) in info.stats.iter().enumerate() {
             text.push_str(&format!(
                 "db{i}_lsn_appended:{}\r\ndb{i}_lsn_hardened:{}\r\ndb{i}_log_writes:{}\r\ndb{i}_checkpoint_lsn:{}\r\ndb{i}_checkpoints:{}\r\n",
-                db.log.lsn_appended().0,
-                db.log.lsn_hardened().0,
-                db.log.stats.writes,
-                db.checkpoint_lsn().0,
-                db.checkpoints
+                s.lsn_appended.load(Relaxed),
+                s.lsn_hardened.load(Relaxed),
+                s.log_writes.load(Relaxed),
+                s.checkpoint_lsn.load(Relaxed),
+                s.checkpoints.load(Relaxed)
             ));
         }
         text.push_str("\r\n");
@@ -864,11 +873,10 @@ fn server_info(args: &[&[u8]], dbs: &mut [Database], info: &ServerInfo<'_>) -> R
     }
     if want("keyspace") {
         text.push_str("# Keyspace\r\n");
-        for (i, db) in dbs.iter_mut().enumerate() {
-            if let Ok(m) = btree::meta(db.pool()) {
-                if m.key_count > 0 {
-                    text.push_str(&format!("db{i}:keys={},expires=0,avg_ttl=0\r\n", m.key_count));
-                }
+        for (i, s) in info.stats.iter().enumerate() {
+            let keys = s.keys.load(Relaxed);
+            if keys > 0 {
+                text.push_str(&format!("db{i}:keys={keys},expires=0,avg_ttl=0\r\n"));
             }
         }
         text.push_str("\r\n");

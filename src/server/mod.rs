@@ -4,6 +4,7 @@ pub mod commands;
 pub mod glob;
 pub mod resp;
 pub mod shard_server;
+pub mod shards;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ pub struct ServerConfig {
     pub requirepass: Option<String>,
     pub maxclients: usize,
     pub checkpoint_interval: Duration,
+    /// Shard threads (each pinned to a core, owning databases `i` with `i % shards == index`);
+    /// 0 means one per core, at most one per database.
+    pub shards: usize,
 }
 
 /// Smallest page cache per database: a transaction's pages stay cached until it commits, and
@@ -63,25 +67,104 @@ pub fn run(
     crate::io::probe::check_direct_io(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let listener = crate::io::net::listen(config.listen)?;
-    let handle = shard::spawn("shard-0".into(), Some(0), move |ring| {
-        let mut dbs = Vec::with_capacity(config.databases);
-        for i in 0..config.databases {
-            let db_config = DatabaseConfig {
-                dir: config.data_dir.join(format!("db{i}")),
-                db_id: DbId(i as u64 + 1),
-                epoch: Epoch(1),
-                cache_pages,
-                segment_size: config.segment_size,
+    use std::os::fd::AsRawFd;
+    let addr = crate::io::net::local_addr(listener.as_raw_fd())?;
+    let shards = match config.shards {
+        0 => shard::available_cores().min(config.databases),
+        n => n.min(config.databases),
+    }
+    .max(1);
+    let shared = Arc::new(shards::Shared::new(shards, config.databases, stop.clone()));
+    // Each shard opens its databases, then waits at the gate until all have (or one failed).
+    let gate = Arc::new((std::sync::Mutex::new(None::<bool>), std::sync::Condvar::new()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let mut listener = Some(listener);
+    let mut handles = Vec::with_capacity(shards);
+    for index in 0..shards {
+        let (config, shared, gate, ready_tx) = (config.clone(), shared.clone(), gate.clone(), ready_tx.clone());
+        let listener = if index == 0 { listener.take() } else { None };
+        handles.push(shard::spawn(format!("shard-{index}"), Some(index), move |ring| {
+            let opened = open_databases(&config, &shared, index, cache_pages, ring);
+            let ok = opened.is_ok();
+            shared.ring_fds[index].store(ring.fd(), std::sync::atomic::Ordering::Release);
+            let _ = ready_tx.send(opened.as_ref().map(|_| ()).map_err(|e| Error::Config(e.to_string())));
+            let go = {
+                let (lock, cond) = &*gate;
+                let mut state = lock.lock().unwrap();
+                while state.is_none() {
+                    state = cond.wait(state).unwrap();
+                }
+                state.unwrap_or(false)
             };
-            dbs.push(Database::open(db_config, ring, shard_server::token(shard_server::KIND_LOG, i as u64))?);
+            let dbs = opened?;
+            if !(go && ok) {
+                return Ok(());
+            }
+            let mut work = shard_server::ServerShard::new(config, index, shared, dbs, listener, addr.port());
+            shard::run(ring, &mut work)
+        })?);
+    }
+    drop(ready_tx);
+    let mut first_error = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(Error::Config("a shard thread ended during start-up".into()));
+            }
         }
-        use std::os::fd::AsRawFd;
-        let addr = crate::io::net::local_addr(listener.as_raw_fd())?;
+    }
+    {
+        let (lock, cond) = &*gate;
+        *lock.lock().unwrap() = Some(first_error.is_none());
+        cond.notify_all();
+    }
+    if first_error.is_none() {
         on_ready(addr);
-        let mut work = shard_server::ServerShard::new(config, dbs, listener, stop);
-        shard::run(ring, &mut work)
-    })?;
-    handle.join().map_err(|_| Error::Config("the server thread panicked".into()))?
+    }
+    let mut result = Ok(());
+    for handle in handles {
+        let outcome = handle.join().map_err(|_| Error::Config("a shard thread panicked".into())).and_then(|r| r);
+        if let Err(e) = outcome {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => result,
+    }
+}
+
+/// Opens the databases shard `index` owns (the others stay `None`).
+fn open_databases(
+    config: &ServerConfig,
+    shared: &shards::Shared,
+    index: usize,
+    cache_pages: usize,
+    ring: &mut crate::io::ring::Ring,
+) -> Result<Vec<Option<Database>>> {
+    let mut dbs = Vec::with_capacity(config.databases);
+    for i in 0..config.databases {
+        if shared.owner(i) != index {
+            dbs.push(None);
+            continue;
+        }
+        let db_config = DatabaseConfig {
+            dir: config.data_dir.join(format!("db{i}")),
+            db_id: DbId(i as u64 + 1),
+            epoch: Epoch(1),
+            cache_pages,
+            segment_size: config.segment_size,
+        };
+        dbs.push(Some(Database::open(db_config, ring, shard_server::token(shard_server::KIND_LOG, i as u64))?));
+    }
+    Ok(dbs)
 }
 
 /// Takes an exclusive lock on the data directory for the life of the returned file, so that two

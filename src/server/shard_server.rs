@@ -8,16 +8,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::io::buffer::AlignedBuf;
-use crate::io::ring::{Completion, Ring, Token};
+use crate::io::ring::{Completion, CompletionKind, OpId, Ring, Token};
 use crate::io::shard::ShardWork;
 use crate::server::commands::{self, Cursors, Outcome, ServerInfo, Session};
 use crate::server::resp::{self, ParseError, Reply};
+use crate::server::shards::{Migration, Shared};
 use crate::server::ServerConfig;
 use crate::store::database::{CommitProgress, Database};
 use crate::wal::{Lsn, Wake};
@@ -28,6 +29,7 @@ const KIND_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
 pub const KIND_LOG: u64 = 4;
 const KIND_TIMER: u64 = 5;
+const KIND_MSG_SENT: u64 = 6;
 const ID_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 pub fn token(kind: u64, id: u64) -> Token {
@@ -64,16 +66,51 @@ struct Conn {
     waiting_space: Option<(Reply, usize)>,
     /// The next command runs again once this database's log is hardened to this LSN.
     retry_after: Option<(usize, Lsn)>,
+    /// The session selected a database of this shard: the connection moves there once its
+    /// replies are sent.
+    migrate_to: Option<usize>,
+    recv_op: Option<OpId>,
+    recv_cancelled: bool,
+}
+
+impl Conn {
+    fn new(fd: OwnedFd, session: Session, input: Vec<u8>) -> Self {
+        Self {
+            fd,
+            session,
+            input,
+            replies: VecDeque::new(),
+            output: Vec::new(),
+            send_len: 0,
+            receiving: false,
+            closing: false,
+            waiting_space: None,
+            retry_after: None,
+            migrate_to: None,
+            recv_op: None,
+            recv_cancelled: false,
+        }
+    }
+}
+
+fn local(dbs: &[Option<Database>], db: usize) -> &Database {
+    dbs[db].as_ref().expect("a shard touches only its own databases")
+}
+
+fn local_mut(dbs: &mut [Option<Database>], db: usize) -> &mut Database {
+    dbs[db].as_mut().expect("a shard touches only its own databases")
 }
 
 pub struct ServerShard {
     config: ServerConfig,
-    dbs: Vec<Database>,
+    index: usize,
+    shared: Arc<Shared>,
+    /// Indexed by database number; `None` for the databases of other shards.
+    dbs: Vec<Option<Database>>,
     listener: Option<OwnedFd>,
     conns: HashMap<u64, Conn>,
     next_conn_id: u64,
     cursors: Cursors,
-    stop: Arc<AtomicBool>,
     stopping: bool,
     stop_began: Option<Instant>,
     started: Instant,
@@ -84,18 +121,27 @@ pub struct ServerShard {
     /// Receive and send buffers come back here for reuse (allocating and zeroing 64 KiB per
     /// receive showed up as the top cost in profiles).
     spare_bufs: Vec<AlignedBuf>,
-    /// Per database: where the expired-key sweep goes on.
+    /// Per database: where the expired-key sweep goes on, and when it last failed (it rests
+    /// for `SWEEP_REST_AFTER_ERROR` then, instead of reporting the same bad page every tick).
     sweep_after: Vec<Option<Vec<u8>>>,
+    sweep_failed_at: Vec<Option<Instant>>,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
 /// Keys the expired-key sweep looks at per database per timer tick.
 const SWEEP_KEYS_PER_TICK: usize = 64;
+const SWEEP_REST_AFTER_ERROR: Duration = Duration::from_secs(60);
 
 impl ServerShard {
-    pub fn new(config: ServerConfig, dbs: Vec<Database>, listener: OwnedFd, stop: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        config: ServerConfig,
+        index: usize,
+        shared: Arc<Shared>,
+        dbs: Vec<Option<Database>>,
+        listener: Option<OwnedFd>,
+        tcp_port: u16,
+    ) -> Self {
         let dbs_len = dbs.len();
-        let tcp_port = crate::io::net::local_addr(listener.as_raw_fd()).map(|a| a.port()).unwrap_or(0);
         let config_table = vec![
             ("save", String::new()),
             ("appendonly", "no".to_string()),
@@ -107,12 +153,13 @@ impl ServerShard {
         ];
         Self {
             config,
+            index,
+            shared,
             dbs,
-            listener: Some(listener),
+            listener,
             conns: HashMap::new(),
             next_conn_id: 1,
             cursors: Cursors::default(),
-            stop,
             stopping: false,
             stop_began: None,
             started: Instant::now(),
@@ -122,6 +169,29 @@ impl ServerShard {
             tcp_port,
             spare_bufs: Vec::new(),
             sweep_after: vec![None; dbs_len],
+            sweep_failed_at: vec![None; dbs_len],
+        }
+    }
+
+    fn remove_conn(&mut self, id: u64) {
+        if self.conns.remove(&id).is_some() {
+            self.shared.clients.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Publishes this shard's databases' figures for INFO on any shard.
+    fn publish_stats(&mut self) {
+        for (i, db) in self.dbs.iter_mut().enumerate() {
+            let Some(db) = db else { continue };
+            let stats = &self.shared.stats[i];
+            stats.lsn_appended.store(db.log.lsn_appended().0, Ordering::Relaxed);
+            stats.lsn_hardened.store(db.log.lsn_hardened().0, Ordering::Relaxed);
+            stats.log_writes.store(db.log.stats.writes, Ordering::Relaxed);
+            stats.checkpoint_lsn.store(db.checkpoint_lsn().0, Ordering::Relaxed);
+            stats.checkpoints.store(db.checkpoints, Ordering::Relaxed);
+            if let Ok(m) = crate::store::btree::meta(db.pool()) {
+                stats.keys.store(m.key_count, Ordering::Relaxed);
+            }
         }
     }
 
@@ -146,7 +216,7 @@ impl ServerShard {
         }
         // SAFETY: a successful accept returns a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
-        if self.conns.len() >= self.config.maxclients {
+        if self.shared.clients.load(Ordering::SeqCst) >= self.config.maxclients {
             let msg = b"-ERR max number of clients reached\r\n";
             // SAFETY: plain send(2) of a static buffer on a descriptor we own; best effort.
             unsafe {
@@ -161,22 +231,10 @@ impl ServerShard {
             let _ = crate::io::net::set_nodelay(fd.as_raw_fd());
             let id = self.next_conn_id;
             self.next_conn_id += 1;
-            let session = Session::new(id, self.config.requirepass.is_some());
-            self.conns.insert(
-                id,
-                Conn {
-                    fd,
-                    session,
-                    input: Vec::new(),
-                    replies: VecDeque::new(),
-                    output: Vec::new(),
-                    send_len: 0,
-                    receiving: false,
-                    closing: false,
-                    waiting_space: None,
-                    retry_after: None,
-                },
-            );
+            let client_id = self.shared.next_client_id.fetch_add(1, Ordering::SeqCst);
+            let session = Session::new(client_id, self.config.requirepass.is_some());
+            self.shared.clients.fetch_add(1, Ordering::SeqCst);
+            self.conns.insert(id, Conn::new(fd, session, Vec::new()));
             self.post_recv(ring, id)?;
         }
         self.accept_next(ring)
@@ -184,45 +242,119 @@ impl ServerShard {
 
     fn post_recv(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
         let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
-        if conn.receiving || conn.closing || conn.output.len() > OUTPUT_PAUSE || conn.input.len() > INPUT_MAX {
+        if conn.receiving
+            || conn.closing
+            || conn.migrate_to.is_some()
+            || conn.output.len() > OUTPUT_PAUSE
+            || conn.input.len() > INPUT_MAX
+        {
             return Ok(());
         }
         conn.receiving = true;
         let buf =
             self.spare_bufs.pop().filter(|b| b.capacity() >= RECV_SIZE).unwrap_or_else(|| AlignedBuf::new(RECV_SIZE));
-        ring.recv(conn.fd.as_raw_fd(), buf, token(KIND_RECV, id))?;
+        conn.recv_op = Some(ring.recv(conn.fd.as_raw_fd(), buf, token(KIND_RECV, id))?);
         Ok(())
     }
 
-    fn on_recv(&mut self, ring: &mut Ring, id: u64, c: Completion) -> Result<()> {
+    fn on_recv(&mut self, ring: &mut Ring, id: u64, mut c: Completion) -> Result<()> {
         let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
         conn.receiving = false;
+        conn.recv_op = None;
+        if c.result == -libc::ECANCELED && conn.recv_cancelled {
+            // Cancelled to hand the connection to another shard.
+            if let Some(buf) = c.buf.take() {
+                self.recycle(buf);
+            }
+            return self.try_migrate(ring, id);
+        }
         if c.result <= 0 {
             // EOF or an error: the client is gone; nothing more can be sent to it.
-            self.conns.remove(&id);
+            self.remove_conn(id);
             return Ok(());
         }
-        let buf = c.buf.expect("a receive returns its buffer");
+        let buf = c.buf.take().expect("a receive returns its buffer");
         conn.input.extend_from_slice(&buf[..c.result as usize]);
         self.recycle(buf);
         self.process(id);
         self.flush(ring, id)?;
-        self.post_recv(ring, id)
+        self.post_recv(ring, id)?;
+        self.try_migrate(ring, id)
+    }
+
+    /// Hands a connection whose session selected another shard's database to that shard, once
+    /// nothing of it is in flight here: replies sent, no transaction waiting, receive cancelled.
+    fn try_migrate(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        let Some(target) = conn.migrate_to else { return Ok(()) };
+        if conn.closing
+            || !conn.replies.is_empty()
+            || !conn.output.is_empty()
+            || conn.send_len > 0
+            || conn.waiting_space.is_some()
+        {
+            return Ok(());
+        }
+        if conn.receiving {
+            if !conn.recv_cancelled {
+                conn.recv_cancelled = true;
+                if let Some(op) = conn.recv_op {
+                    ring.cancel(op)?;
+                }
+            }
+            return Ok(());
+        }
+        let conn = self.conns.remove(&id).expect("present above");
+        let migration = Migration { fd: conn.fd, session: conn.session, input: conn.input };
+        match self.shared.inboxes[target].push(migration) {
+            Ok(()) => {
+                ring.msg_ring(self.shared.ring_fd(target), 1, token(KIND_MSG_SENT, 0))?;
+            }
+            Err(back) => {
+                // The target's inbox is full: the connection stays here until the next attempt.
+                let mut conn = Conn::new(back.fd, back.session, back.input);
+                conn.migrate_to = Some(target);
+                self.conns.insert(id, conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// Connections handed over by other shards.
+    fn on_migrations(&mut self, ring: &mut Ring) -> Result<()> {
+        while let Some(m) = self.shared.inboxes[self.index].pop() {
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            self.conns.insert(id, Conn::new(m.fd, m.session, m.input));
+            self.process(id);
+            self.flush(ring, id)?;
+            self.post_recv(ring, id)?;
+            self.try_migrate(ring, id)?;
+        }
+        Ok(())
     }
 
     /// Runs every complete command in the connection's input.
     fn process(&mut self, id: u64) {
-        let info_clients = self.conns.len();
+        let info_clients = self.shared.clients.load(Ordering::Relaxed);
         let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.migrate_to.is_some() {
+            return;
+        }
         let mut used = 0;
         if let Some((db, lsn)) = conn.retry_after {
-            if self.dbs[db].log.lsn_hardened() < lsn && !self.dbs[db].is_failed() {
+            if local(&self.dbs, db).log.lsn_hardened() < lsn && !local(&self.dbs, db).is_failed() {
                 return;
             }
             conn.retry_after = None;
         }
         while !conn.closing && conn.waiting_space.is_none() && !self.stopping {
-            if self.dbs[conn.session.db].paused() {
+            let owner = self.shared.owner(conn.session.db);
+            if owner != self.index {
+                conn.migrate_to = Some(owner);
+                break;
+            }
+            if local(&self.dbs, conn.session.db).paused() {
                 break; // resumed when the transaction in progress is appended or the checkpoint ran
             }
             let (command, n) = match resp::parse_command(&conn.input[used..]) {
@@ -254,6 +386,7 @@ impl ServerShard {
                 tcp_port: self.tcp_port,
                 maxclients: self.config.maxclients,
                 config: &self.config_table,
+                stats: &self.shared.stats,
             };
             let protocol_before = conn.session.protocol;
             let outcome = commands::execute(&args, &mut conn.session, &mut self.dbs, &mut self.cursors, &info);
@@ -283,7 +416,7 @@ impl ServerShard {
     fn flush(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
         let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
         while let Some(front) = conn.replies.front() {
-            if front.wait > self.dbs[front.db].log.lsn_hardened() {
+            if front.wait > Lsn::ZERO && front.wait > local(&self.dbs, front.db).log.lsn_hardened() {
                 break;
             }
             let reply = conn.replies.pop_front().expect("front exists");
@@ -310,7 +443,7 @@ impl ServerShard {
             && conn.waiting_space.is_none()
             && !conn.receiving
         {
-            self.conns.remove(&id);
+            self.remove_conn(id);
         }
         Ok(())
     }
@@ -327,35 +460,37 @@ impl ServerShard {
         }
         let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
         if c.result <= 0 {
-            self.conns.remove(&id);
+            self.remove_conn(id);
             return Ok(());
         }
         let sent = (c.result as usize).min(conn.send_len);
         conn.output.drain(..sent);
         conn.send_len = 0;
         self.flush(ring, id)?;
-        self.post_recv(ring, id)
+        self.post_recv(ring, id)?;
+        self.try_migrate(ring, id)
     }
 
     fn on_log(&mut self, ring: &mut Ring, db: usize, c: Completion) -> Result<()> {
-        self.dbs[db].on_log_completion(c, &mut self.wakes);
+        local_mut(&mut self.dbs, db).on_log_completion(c, &mut self.wakes);
         self.wakes.clear();
         self.continue_pending_commit(db);
-        if self.dbs[db].is_failed() {
+        if local(&self.dbs, db).is_failed() {
             eprintln!("mirrorlog: database {db}: the log failed; its clients get errors");
         }
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
-            if self.dbs[db].is_failed() {
+            if local(&self.dbs, db).is_failed() {
                 self.fail_replies(id, db);
             }
             let Some(conn) = self.conns.get(&id) else { continue };
             if conn.replies.front().is_some_and(|r| r.db == db)
                 || conn.closing
-                || (!conn.input.is_empty() && !self.dbs[conn.session.db].paused())
+                || (!conn.input.is_empty() && self.dbs[conn.session.db].as_ref().is_some_and(|d| !d.paused()))
             {
                 self.process(id);
                 self.flush(ring, id)?;
+                self.try_migrate(ring, id)?;
             }
         }
         Ok(())
@@ -365,10 +500,10 @@ impl ServerShard {
     /// connection (which gets its reply), the expired-key sweep, or a client that disconnected
     /// meanwhile (the transaction still completes, so the database never stays paused).
     fn continue_pending_commit(&mut self, db: usize) {
-        if !self.dbs[db].commit_in_progress() {
+        if !local(&self.dbs, db).commit_in_progress() {
             return;
         }
-        let progress = self.dbs[db].continue_commit();
+        let progress = local_mut(&mut self.dbs, db).continue_commit();
         let owner =
             self.conns.iter().find(|(_, c)| c.waiting_space.as_ref().is_some_and(|w| w.1 == db)).map(|(id, _)| *id);
         match (progress, owner) {
@@ -406,18 +541,20 @@ impl ServerShard {
     }
 
     fn on_timer(&mut self, ring: &mut Ring) -> Result<()> {
-        if self.stop.load(Ordering::SeqCst) && !self.stopping {
+        if self.shared.stop.load(Ordering::SeqCst) && !self.stopping {
             self.stopping = true;
             self.stop_began = Some(Instant::now());
             self.listener = None; // no new clients; in-flight commits finish
         }
         for db in 0..self.dbs.len() {
-            if !self.stopping && !self.dbs[db].paused() && !self.dbs[db].is_failed() {
+            let resting = self.sweep_failed_at[db].is_some_and(|t| t.elapsed() < SWEEP_REST_AFTER_ERROR);
+            if !resting && self.dbs[db].as_ref().is_some_and(|d| !self.stopping && !d.paused() && !d.is_failed()) {
                 self.sweep_expired(db);
             }
         }
+        self.publish_stats();
         if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
-            for db in &mut self.dbs {
+            for db in self.dbs.iter_mut().flatten() {
                 db.request_checkpoint();
             }
             self.last_checkpoint = Instant::now();
@@ -430,7 +567,7 @@ impl ServerShard {
     /// as absent already; this gives their space back and keeps DBSIZE honest), as one
     /// transaction through the log like any other change.
     fn sweep_expired(&mut self, db: usize) {
-        let database = &mut self.dbs[db];
+        let database = local_mut(&mut self.dbs, db);
         database.begin();
         let now = crate::store::value::now_ms();
         let swept = (|| -> Result<Option<Vec<u8>>> {
@@ -461,14 +598,15 @@ impl ServerShard {
             Err(e) => {
                 database.abort();
                 self.sweep_after[db] = None;
-                eprintln!("mirrorlog: database {db}: expired-key sweep stopped: {e}");
+                self.sweep_failed_at[db] = Some(Instant::now());
+                eprintln!("mirrorlog: database {db}: expired-key sweep paused for {SWEEP_REST_AFTER_ERROR:?}: {e}");
             }
         }
     }
 
     /// Every log is drained (or failed, in which case nothing more will harden).
     fn quiescent(&self) -> bool {
-        self.dbs.iter().all(|db| {
+        self.dbs.iter().flatten().all(|db| {
             db.is_failed()
                 || (!db.commit_in_progress()
                     && db.log.lsn_hardened() >= db.log.lsn_appended()
@@ -502,7 +640,7 @@ impl ShardWork for ServerShard {
 
     fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool> {
         let mut resumed = false;
-        for db in &mut self.dbs {
+        for db in self.dbs.iter_mut().flatten() {
             resumed |= db.try_checkpoint()?;
         }
         if resumed {
@@ -513,7 +651,7 @@ impl ShardWork for ServerShard {
                 self.flush(ring, id)?;
             }
         }
-        for db in &mut self.dbs {
+        for db in self.dbs.iter_mut().flatten() {
             db.log.submit(ring)?;
         }
         if self.stopping && self.quiescent() {
@@ -523,7 +661,7 @@ impl ShardWork for ServerShard {
                 self.flush(ring, id)?;
             }
             if self.replies_sent() {
-                for db in &mut self.dbs {
+                for db in self.dbs.iter_mut().flatten() {
                     if !db.is_failed() {
                         db.checkpoint_now()?;
                     }
@@ -535,6 +673,9 @@ impl ShardWork for ServerShard {
     }
 
     fn complete(&mut self, ring: &mut Ring, c: Completion) -> Result<()> {
+        if c.kind == CompletionKind::Message {
+            return self.on_migrations(ring);
+        }
         let id = c.token & ID_MASK;
         match c.token >> KIND_SHIFT {
             KIND_ACCEPT => self.on_accept(ring, c),
@@ -542,6 +683,15 @@ impl ShardWork for ServerShard {
             KIND_SEND => self.on_send(ring, id, c),
             KIND_LOG => self.on_log(ring, id as usize, c),
             KIND_TIMER => self.on_timer(ring),
+            KIND_MSG_SENT => {
+                if c.result < 0 {
+                    eprintln!(
+                        "mirrorlog: waking another shard failed: {}",
+                        std::io::Error::from_raw_os_error(-c.result)
+                    );
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
