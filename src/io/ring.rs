@@ -105,6 +105,9 @@ pub struct Ring {
     generations: Vec<u32>,
     free: Vec<u32>,
     in_flight: usize,
+    /// Completions taken out of the queue by a synchronous wait for other ones (a checkpoint's
+    /// page writes) and handed back by the next `reap`.
+    stashed: std::collections::VecDeque<Completion>,
     /// SEND_ZC notifications that reported a copy instead of zero-copy (exposed as a metric).
     pub zc_copied_notifications: u64,
 }
@@ -129,6 +132,7 @@ impl Ring {
             slots: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
+            stashed: std::collections::VecDeque::new(),
             in_flight: 0,
             zc_copied_notifications: 0,
         })
@@ -342,8 +346,21 @@ impl Ring {
         self.push(entry)
     }
 
-    /// Submits queued entries and waits for at least `want` completions.
+    /// Keeps a completion for the next `reap` (see `stashed`).
+    pub fn stash(&mut self, completion: Completion) {
+        self.stashed.push_back(completion);
+    }
+
+    /// Submits queued entries and waits for at least `want` completions (not at all while
+    /// stashed completions wait to be reaped).
     pub fn submit_and_wait(&mut self, want: usize) -> Result<()> {
+        let want = if self.stashed.is_empty() { want } else { 0 };
+        self.wait_ignoring_stash(want)
+    }
+
+    /// Submits and waits for `want` new completions even while some are stashed (a synchronous
+    /// wait for particular operations).
+    pub fn wait_ignoring_stash(&mut self, want: usize) -> Result<()> {
         loop {
             match self.uring.submit_and_wait(want) {
                 Ok(_) => return Ok(()),
@@ -369,6 +386,7 @@ impl Ring {
 
     /// Takes every completion that has arrived, in order.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.stashed.drain(..));
         let mut raw: Vec<(u64, i32, u32)> = Vec::new();
         for cqe in self.uring.completion() {
             raw.push((cqe.user_data(), cqe.result(), cqe.flags()));

@@ -30,10 +30,17 @@ const KIND_SEND: u64 = 3;
 pub const KIND_LOG: u64 = 4;
 const KIND_TIMER: u64 = 5;
 const KIND_MSG_SENT: u64 = 6;
+const KIND_CHECKPOINT: u64 = 7;
 const ID_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 pub fn token(kind: u64, id: u64) -> Token {
     (kind << KIND_SHIFT) | (id & ID_MASK)
+}
+
+/// Tokens of database `db`'s checkpoint page writes (they complete inside the checkpoint; the
+/// low 32 bits carry the frame).
+fn checkpoint_token(db: usize) -> Token {
+    token(KIND_CHECKPOINT, (db as u64) << 32)
 }
 
 /// Bytes of one receive.
@@ -640,8 +647,10 @@ impl ShardWork for ServerShard {
 
     fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool> {
         let mut resumed = false;
-        for db in self.dbs.iter_mut().flatten() {
-            resumed |= db.try_checkpoint()?;
+        for (i, db) in self.dbs.iter_mut().enumerate() {
+            if let Some(db) = db {
+                resumed |= db.try_checkpoint(ring, checkpoint_token(i))?;
+            }
         }
         if resumed {
             // Commands held back for the checkpoint run now.
@@ -661,9 +670,9 @@ impl ShardWork for ServerShard {
                 self.flush(ring, id)?;
             }
             if self.replies_sent() {
-                for db in self.dbs.iter_mut().flatten() {
-                    if !db.is_failed() {
-                        db.checkpoint_now()?;
+                for (i, db) in self.dbs.iter_mut().enumerate() {
+                    if let Some(db) = db.as_mut().filter(|d| !d.is_failed()) {
+                        db.checkpoint_through(ring, checkpoint_token(i))?;
                     }
                 }
                 return Ok(false);

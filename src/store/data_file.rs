@@ -107,6 +107,15 @@ impl DataFile {
             .context(|| format!("write {id} of {}", self.path.display()))
     }
 
+    /// Seals `buf` (one page) for writing at its place and returns the file offset, growing the
+    /// file if needed; the caller writes it (through the ring).
+    pub fn prepare_write(&mut self, buf: &mut AlignedBuf) -> Result<u64> {
+        let id = page::page_id(&buf[..PAGE_SIZE]);
+        self.ensure_capacity(id.0 + 1)?;
+        page::seal(&mut buf[..PAGE_SIZE], self.db_id);
+        Ok(id.0 * PAGE_SIZE as u64)
+    }
+
     /// fdatasync(2). A failure is fatal for the database (the caller stops it).
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::LogFailed(format!("fdatasync of {} failed: {e}", self.path.display())))

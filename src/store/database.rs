@@ -156,11 +156,11 @@ impl Database {
     }
 
     /// Runs a requested checkpoint if the log has drained. Returns true if it ran.
-    pub fn try_checkpoint(&mut self) -> Result<bool> {
+    pub fn try_checkpoint(&mut self, ring: &mut Ring, token: Token) -> Result<bool> {
         if !self.checkpoint_requested {
             return Ok(false);
         }
-        let ran = self.checkpoint_now()?;
+        let ran = self.checkpoint_through(ring, token)?;
         if ran {
             self.checkpoint_requested = false;
         }
@@ -291,6 +291,16 @@ impl Database {
     /// records the redo LSN durably and releases older log segments. Only between transactions
     /// and with the log fully hardened; returns false (doing nothing) otherwise.
     pub fn checkpoint_now(&mut self) -> Result<bool> {
+        self.checkpoint(None)
+    }
+
+    /// `checkpoint_now` with the page writes going through `ring` in parallel (the shard's ring).
+    /// `token` marks them and must leave its low 32 bits free (they carry the frame).
+    pub fn checkpoint_through(&mut self, ring: &mut Ring, token: Token) -> Result<bool> {
+        self.checkpoint(Some((ring, token)))
+    }
+
+    fn checkpoint(&mut self, ring: Option<(&mut Ring, Token)>) -> Result<bool> {
         if self.pending.is_some() || self.pool.in_tx() || self.log.lsn_hardened() < self.log.lsn_appended() {
             return Ok(false);
         }
@@ -298,7 +308,10 @@ impl Database {
         // From now on the first change of any page logs a full image (torn-page protection).
         self.pool.set_checkpoint_lsn(redo_lsn);
         self.pool.set_hardened(self.log.lsn_hardened());
-        let left = self.pool.write_dirty()?;
+        let left = match ring {
+            Some((ring, token)) => self.pool.write_dirty_through(ring, token)?,
+            None => self.pool.write_dirty()?,
+        };
         debug_assert_eq!(left, 0, "the log is fully hardened");
         self.pool.data_file().sync()?;
         self.control.write(redo_lsn)?;
