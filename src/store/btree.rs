@@ -340,19 +340,13 @@ fn insert_into_leaf(
         Err(e) => return Err(node_err(leaf, e)),
     }
     // Split: the upper half moves to a new right sibling.
-    let right = allocate(pool, PageType::Leaf)?;
-    let mut left_copy = *as_page(pool.read(leaf)?);
-    let mut right_copy = [0u8; PAGE_SIZE];
-    right_copy.copy_from_slice(pool.read(right)?);
-    node::init(&mut right_copy, 0);
-    let separator = node::split_leaf(&mut left_copy, &mut right_copy).map_err(|e| node_err(leaf, e))?;
-    node::set_link(&mut left_copy, right.0);
-    let (target, target_id) =
-        if key >= separator.as_slice() { (&mut right_copy, right) } else { (&mut left_copy, leaf) };
+    let mut split = Split::begin(pool, leaf, PageType::Leaf)?;
+    let separator = node::split_leaf(&mut split.left_copy, &mut split.right_copy).map_err(|e| node_err(leaf, e))?;
+    node::set_link(&mut split.left_copy, split.right.0);
+    let (target, target_id) = split.half_for(key, &separator);
     let at = node::search(target, NodeKind::Leaf, key).map_err(|e| node_err(target_id, e))?.unwrap_or_else(|i| i);
     node::leaf_insert(target, at, key, value).map_err(|e| node_err(target_id, e))?;
-    pool.write(leaf)?.copy_from_slice(&left_copy);
-    pool.write(right)?.copy_from_slice(&right_copy);
+    let right = split.finish(pool)?;
     insert_into_parent(pool, path, leaf, separator, right)
 }
 
@@ -381,19 +375,49 @@ fn insert_into_parent(
         Err(NodeError::NoSpace) => {}
         Err(e) => return Err(node_err(parent, e)),
     }
-    let sibling = allocate(pool, PageType::Internal)?;
-    let mut left_copy = *as_page(pool.read(parent)?);
-    let mut right_copy = [0u8; PAGE_SIZE];
-    right_copy.copy_from_slice(pool.read(sibling)?);
-    node::init(&mut right_copy, 0);
-    let up = node::split_internal(&mut left_copy, &mut right_copy).map_err(|e| node_err(parent, e))?;
-    let (target, target_id) = if separator >= up { (&mut right_copy, sibling) } else { (&mut left_copy, parent) };
+    let mut split = Split::begin(pool, parent, PageType::Internal)?;
+    let up = node::split_internal(&mut split.left_copy, &mut split.right_copy).map_err(|e| node_err(parent, e))?;
+    let (target, target_id) = split.half_for(&separator, &up);
     let at =
         node::search(target, NodeKind::Internal, &separator).map_err(|e| node_err(target_id, e))?.unwrap_or_else(|i| i);
     node::internal_insert(target, at, &separator, right.0).map_err(|e| node_err(target_id, e))?;
-    pool.write(parent)?.copy_from_slice(&left_copy);
-    pool.write(sibling)?.copy_from_slice(&right_copy);
+    let sibling = split.finish(pool)?;
     insert_into_parent(pool, path, parent, up, sibling)
+}
+
+/// A full node being split: copies of it and of its new, empty right sibling, edited together
+/// off the pool and written back together.
+struct Split {
+    left: PageId,
+    right: PageId,
+    left_copy: [u8; PAGE_SIZE],
+    right_copy: [u8; PAGE_SIZE],
+}
+
+impl Split {
+    fn begin(pool: &mut BufferPool, left: PageId, kind: PageType) -> Result<Self> {
+        let right = allocate(pool, kind)?;
+        let left_copy = *as_page(pool.read(left)?);
+        let mut right_copy = *as_page(pool.read(right)?);
+        node::init(&mut right_copy, 0);
+        Ok(Self { left, right, left_copy, right_copy })
+    }
+
+    /// The half that takes `key`: the right one from the separator on.
+    fn half_for(&mut self, key: &[u8], separator: &[u8]) -> (&mut [u8; PAGE_SIZE], PageId) {
+        if key >= separator {
+            (&mut self.right_copy, self.right)
+        } else {
+            (&mut self.left_copy, self.left)
+        }
+    }
+
+    /// Writes both halves back; returns the new sibling.
+    fn finish(self, pool: &mut BufferPool) -> Result<PageId> {
+        pool.write(self.left)?.copy_from_slice(&self.left_copy);
+        pool.write(self.right)?.copy_from_slice(&self.right_copy);
+        Ok(self.right)
+    }
 }
 
 /// A page of keys and the key to continue after (`None` at the end).
