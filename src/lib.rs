@@ -11,10 +11,12 @@ pub mod debug;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod mirroring;
 pub mod server;
 pub mod store;
 pub mod sync;
 pub mod wal;
+pub mod wire;
 
 /// Design notes: why the engine is built the way it is.
 pub mod docs {

@@ -1,0 +1,1 @@
+//! Database mirroring: the principal ships its log to the mirror, which hardens and redoes it.

@@ -1,0 +1,1 @@
+//! The mirroring endpoint's wire format: frames and the authenticated handshake.
