@@ -47,6 +47,8 @@ pub enum Error {
     TreeCorrupt(String),
     #[error("{0}")]
     Limit(String),
+    #[error("mirroring: {0}")]
+    Mirroring(String),
     #[error("invalid configuration: {0}")]
     Config(String),
 }

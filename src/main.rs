@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Serves databases over RESP (the Redis protocol). Every flag can also be set in a config
     /// file (`--config FILE`, one `name value` per line); flags on the command line win.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Benchmarks, each beside the machine's floor in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -76,6 +76,41 @@ struct ServeArgs {
     /// Read settings from this file first (`name value` per line; flags given here win).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Database mirroring endpoint: partners (and later the witness) connect here. It listens
+    /// only when --endpoint-key-file is given.
+    #[arg(long, default_value = "127.0.0.1:5022")]
+    endpoint: std::net::SocketAddr,
+    /// File holding the shared key partners prove to each other (challenge-response; the key is
+    /// never sent). At least 16 bytes. Without it, mirroring is off.
+    #[arg(long)]
+    endpoint_key_file: Option<PathBuf>,
+    /// The partner's endpoint, tcp://HOST:PORT. On a principal: every database is mirrored to it.
+    /// With --restoring: the principal expected to connect (shown in status).
+    #[arg(long)]
+    partner: Option<String>,
+    /// Transaction safety of new mirroring sessions: full (a commit waits for the mirror to
+    /// harden it) or off (it waits for the local flush only). Changeable at runtime with
+    /// MIRROR SET SAFETY.
+    #[arg(long, default_value = "full", value_parser = ["full", "off", "FULL", "OFF"])]
+    safety: String,
+    /// Seconds without hearing the partner before it counts as lost (SAFETY FULL then holds
+    /// commits no longer: the principal runs exposed). At least 1.
+    #[arg(long, default_value_t = 10.0)]
+    partner_timeout: f64,
+    /// Databases without mirroring settings start as mirror copies (RESTORING, as after a restore
+    /// WITH NORECOVERY): empty, read-only, waiting for a principal.
+    #[arg(long)]
+    restoring: bool,
+    /// Compression of shipped log frames: none or lz4 (when the partner speaks a version with it).
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4"])]
+    log_compression: String,
+    /// Most log kept for a lagging or suspended mirror (K, M, G suffixes); beyond it the session
+    /// is suspended with a message and the log released, rather than fill the disk.
+    #[arg(long, default_value = "4GiB", value_parser = mirrorlog::config_file::parse_size)]
+    max_log_retention: u64,
+    /// Redo worker threads per mirror database (pages are partitioned among them).
+    #[arg(long, default_value_t = 2)]
+    redo_workers: usize,
 }
 
 #[derive(Subcommand)]
@@ -158,7 +193,7 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args)?,
+        Command::Serve(args) => serve(*args)?,
         Command::Bench(BenchCommand::Wal { clients, duration, record_size, dir, segment_size, floor_ops, json }) => {
             mirrorlog::io::probe::check_io_uring()?;
             mirrorlog::io::probe::check_direct_io(&dir)?;
@@ -259,6 +294,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     });
+    anyhow::ensure!(args.partner_timeout >= 1.0, "--partner-timeout must be at least 1 second");
+    anyhow::ensure!((1..=64).contains(&args.redo_workers), "--redo-workers must be between 1 and 64");
+    let key = match &args.endpoint_key_file {
+        Some(path) => Some(Arc::new(mirrorlog::wire::handshake::load_key(path).map_err(anyhow::Error::msg)?)),
+        None => None,
+    };
+    anyhow::ensure!(
+        key.is_some() || (args.partner.is_none() && !args.restoring),
+        "mirroring (--partner, --restoring) needs --endpoint-key-file"
+    );
+    if let Some(partner) = &args.partner {
+        mirrorlog::mirroring::settings::parse_partner(partner)?;
+    }
+    let mirroring = mirrorlog::server::MirroringConfig {
+        endpoint: args.endpoint,
+        key,
+        partner: args.partner,
+        safety: mirrorlog::mirroring::session::SafetyLevel::parse(&args.safety).expect("checked by clap"),
+        partner_timeout: Duration::from_secs_f64(args.partner_timeout),
+        restoring: args.restoring,
+        log_compression: args.log_compression == "lz4",
+        max_log_retention: args.max_log_retention,
+        redo_workers: args.redo_workers,
+    };
     let config = mirrorlog::server::ServerConfig {
         listen: args.listen,
         data_dir: args.data,
@@ -269,6 +328,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         maxclients: args.maxclients,
         checkpoint_interval: Duration::from_secs_f64(args.checkpoint_interval),
         shards: args.shards,
+        mirroring,
     };
     let data = config.data_dir.display().to_string();
     let databases = config.databases;

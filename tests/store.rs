@@ -18,7 +18,14 @@ use mirrorlog::Error;
 const LOG_TOKEN: u64 = 1 << 40;
 
 fn config(dir: &Path, cache_pages: usize) -> DatabaseConfig {
-    DatabaseConfig { dir: dir.to_path_buf(), db_id: DbId(1), epoch: Epoch(1), cache_pages, segment_size: 1 << 20 }
+    DatabaseConfig {
+        dir: dir.to_path_buf(),
+        db_id: DbId(1),
+        epoch: Epoch(1),
+        cache_pages,
+        segment_size: 1 << 20,
+        restoring: false,
+    }
 }
 
 fn open(dir: &Path, ring: &mut Ring, cache_pages: usize) -> Database {

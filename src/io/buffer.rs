@@ -19,6 +19,9 @@ pub struct AlignedBuf {
 // SAFETY: the buffer exclusively owns its allocation, like a `Vec<u8>`; moving it to another
 // thread moves that ownership.
 unsafe impl Send for AlignedBuf {}
+// SAFETY: like a `Vec<u8>`, shared references only read (`Deref` to `&[u8]`); every mutation
+// needs `&mut self`. A log block shared by a disk write and a zero-copy send is only read.
+unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// A zeroed buffer with room for `capacity` bytes, rounded up to whole blocks; `len` is 0.

@@ -49,6 +49,9 @@ pub const USER_DATA_MESSAGE_BIT: u64 = 1 << 63;
 enum Held {
     Nothing,
     Buf(AlignedBuf),
+    /// A buffer with more than one reader in flight: the log block being written to disk and
+    /// sent to the mirror at once. Each operation holds a reference; neither writes to it.
+    Shared(std::sync::Arc<AlignedBuf>),
     Timespec(Box<types::Timespec>),
     Accept(Box<(libc::sockaddr_storage, libc::socklen_t)>),
     Connect(Box<(libc::sockaddr_storage, libc::socklen_t)>),
@@ -84,6 +87,9 @@ pub struct Completion {
     pub result: i32,
     pub kind: CompletionKind,
     pub buf: Option<AlignedBuf>,
+    /// The shared buffer of a `write_shared_at` or `send_zc_shared`, handed back with the final
+    /// completion (the caller recycles it once no other operation holds it).
+    pub shared: Option<std::sync::Arc<AlignedBuf>>,
     /// The peer of an accepted connection.
     pub peer: Option<SocketAddr>,
 }
@@ -242,6 +248,46 @@ impl Ring {
         self.submit_entry_with_file(entry, token, held, Some(file.clone()))
     }
 
+    /// `write_file_at` from a shared buffer (read-only: the same block may be in a zero-copy send
+    /// at the same time). The reference comes back in `Completion::shared`.
+    pub fn write_shared_at(
+        &mut self,
+        file: &std::sync::Arc<std::fs::File>,
+        buf: std::sync::Arc<AlignedBuf>,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        token: Token,
+    ) -> Result<OpId> {
+        use std::os::fd::AsRawFd;
+        assert!(len <= buf.capacity());
+        let ptr = buf.as_ptr();
+        let entry =
+            opcode::Write::new(types::Fd(file.as_raw_fd()), ptr, len as u32).offset(offset).rw_flags(rw_flags).build();
+        self.submit_entry_with_file(entry, token, Held::Shared(buf), Some(file.clone()))
+    }
+
+    /// Zero-copy send of `buf[start..start + len]` from a shared buffer; the reference comes back
+    /// with the notification (`SendZcNotified`), when the kernel no longer reads the memory.
+    pub fn send_zc_shared(
+        &mut self,
+        socket: RawFd,
+        buf: std::sync::Arc<AlignedBuf>,
+        start: usize,
+        len: usize,
+        token: Token,
+    ) -> Result<OpId> {
+        assert!(start + len <= buf.capacity());
+        // SAFETY: start + len is within the allocation (asserted above); the Arc held in the slot
+        // keeps the memory alive until the notification.
+        let ptr = unsafe { buf.as_ptr().add(start) };
+        let entry = opcode::SendZc::new(types::Fd(socket), ptr, len as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .zc_flags(IORING_SEND_ZC_REPORT_USAGE)
+            .build();
+        self.submit_entry(entry, token, Held::Shared(buf))
+    }
+
     /// Reads `len` bytes at `offset` into the start of `buf`; the buffer's `len` is set to the
     /// bytes read when it comes back.
     pub fn read_at(&mut self, fd: RawFd, buf: AlignedBuf, len: usize, offset: u64, token: Token) -> Result<OpId> {
@@ -397,7 +443,14 @@ impl Ring {
             }
             if user_data & USER_DATA_MESSAGE_BIT != 0 {
                 let payload = user_data & !USER_DATA_MESSAGE_BIT;
-                out.push(Completion { token: payload, result, kind: CompletionKind::Message, buf: None, peer: None });
+                out.push(Completion {
+                    token: payload,
+                    result,
+                    kind: CompletionKind::Message,
+                    buf: None,
+                    shared: None,
+                    peer: None,
+                });
                 continue;
             }
             let index = user_data as u32;
@@ -408,15 +461,17 @@ impl Ring {
                 let slot = self.release(index);
                 let copied = (result as u32) & IORING_NOTIF_USAGE_ZC_COPIED != 0;
                 self.zc_copied_notifications += copied as u64;
-                let buf = match slot.held {
-                    Held::Buf(buf) => Some(buf),
-                    _ => None,
+                let (buf, shared) = match slot.held {
+                    Held::Buf(buf) => (Some(buf), None),
+                    Held::Shared(shared) => (None, Some(shared)),
+                    _ => (None, None),
                 };
                 out.push(Completion {
                     token: slot.token,
                     result: 0,
                     kind: CompletionKind::SendZcNotified { copied },
                     buf,
+                    shared,
                     peer: None,
                 });
                 continue;
@@ -429,25 +484,27 @@ impl Ring {
                     result,
                     kind: CompletionKind::SendZcResult,
                     buf: None,
+                    shared: None,
                     peer: None,
                 });
                 continue;
             }
             let slot = self.release(index);
-            let (buf, peer) = match slot.held {
+            let (buf, shared, peer) = match slot.held {
                 Held::Buf(mut buf) => {
                     if result > 0 {
                         // For reads and receives the result is the byte count now initialized.
                         buf.set_len((result as usize).min(buf.capacity()));
                     }
-                    (Some(buf), None)
+                    (Some(buf), None, None)
                 }
-                Held::Accept(addr) if result >= 0 => (None, crate::io::net::sockaddr_to(&addr.0, addr.1)),
-                _ => (None, None),
+                Held::Shared(shared) => (None, Some(shared), None),
+                Held::Accept(addr) if result >= 0 => (None, None, crate::io::net::sockaddr_to(&addr.0, addr.1)),
+                _ => (None, None, None),
             };
             // A SEND_ZC that fails posts a single CQE without IORING_CQE_F_MORE: it ends here, as
             // `Done`, with its buffer.
-            out.push(Completion { token: slot.token, result, kind: CompletionKind::Done, buf, peer });
+            out.push(Completion { token: slot.token, result, kind: CompletionKind::Done, buf, shared, peer });
         }
     }
 }

@@ -1,1 +1,6 @@
 //! Database mirroring: the principal ships its log to the mirror, which hardens and redoes it.
+
+pub mod redo_pipeline;
+pub mod redo_ring;
+pub mod session;
+pub mod settings;

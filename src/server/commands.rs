@@ -98,6 +98,14 @@ pub enum Outcome {
     WaitingForSpace { reply: Reply, db: usize },
 }
 
+/// Commands that touch no database's data: a mirror copy (RESTORING) answers these, and only
+/// these.
+pub fn is_connection_command(name: &[u8]) -> bool {
+    const NAMES: [&str; 11] =
+        ["PING", "ECHO", "HELLO", "AUTH", "SELECT", "QUIT", "INFO", "CLIENT", "COMMAND", "CONFIG", "RESET"];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
 fn now_reply(reply: Reply) -> Outcome {
     Outcome::Reply { reply, db: 0, wait: Lsn::ZERO }
 }

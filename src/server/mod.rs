@@ -35,6 +35,44 @@ pub struct ServerConfig {
     /// Shard threads (each pinned to a core, owning databases `i` with `i % shards == index`);
     /// 0 means one per core, at most one per database.
     pub shards: usize,
+    pub mirroring: MirroringConfig,
+}
+
+/// Database mirroring settings of a server (see `mirrorlog serve --help`).
+#[derive(Debug, Clone)]
+pub struct MirroringConfig {
+    /// The mirroring endpoint (listening only when a key is set).
+    pub endpoint: SocketAddr,
+    /// The shared key partners prove to each other; no key, no mirroring.
+    pub key: Option<Arc<Vec<u8>>>,
+    /// `tcp://HOST:PORT` of the partner's endpoint, applied to every database at start-up.
+    pub partner: Option<String>,
+    pub safety: crate::mirroring::session::SafetyLevel,
+    pub partner_timeout: Duration,
+    /// Databases without mirroring settings start as mirror copies (RESTORING).
+    pub restoring: bool,
+    /// LZ4 per frame when the partner speaks a version that has it.
+    pub log_compression: bool,
+    /// Log kept for a lagging or suspended mirror, at most (bytes); beyond it the session is
+    /// suspended and the log released.
+    pub max_log_retention: u64,
+    pub redo_workers: usize,
+}
+
+impl Default for MirroringConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "127.0.0.1:5022".parse().expect("a valid address"),
+            key: None,
+            partner: None,
+            safety: crate::mirroring::session::SafetyLevel::Full,
+            partner_timeout: Duration::from_secs(10),
+            restoring: false,
+            log_compression: false,
+            max_log_retention: 4 << 30,
+            redo_workers: 2,
+        }
+    }
 }
 
 /// Smallest page cache per database: a transaction's pages stay cached until it commits, and
@@ -69,6 +107,13 @@ pub fn run(
     let listener = crate::io::net::listen(config.listen)?;
     use std::os::fd::AsRawFd;
     let addr = crate::io::net::local_addr(listener.as_raw_fd())?;
+    let mut endpoint = match &config.mirroring.key {
+        Some(_) => Some(
+            crate::io::net::listen(config.mirroring.endpoint)
+                .map_err(|e| Error::Config(format!("mirroring endpoint {}: {e}", config.mirroring.endpoint)))?,
+        ),
+        None => None,
+    };
     let shards = match config.shards {
         0 => shard::available_cores().min(config.databases),
         n => n.min(config.databases),
@@ -83,6 +128,7 @@ pub fn run(
     for index in 0..shards {
         let (config, shared, gate, ready_tx) = (config.clone(), shared.clone(), gate.clone(), ready_tx.clone());
         let listener = if index == 0 { listener.take() } else { None };
+        let endpoint = if index == 0 { endpoint.take() } else { None };
         handles.push(shard::spawn(format!("shard-{index}"), Some(index), move |ring| {
             let opened = open_databases(&config, &shared, index, cache_pages, ring);
             let ok = opened.is_ok();
@@ -101,6 +147,8 @@ pub fn run(
                 return Ok(());
             }
             let mut work = shard_server::ServerShard::new(config, index, shared, dbs, listener, addr.port());
+            work.set_endpoint(endpoint);
+            work.init_mirroring()?;
             shard::run(ring, &mut work)
         })?);
     }
@@ -155,8 +203,15 @@ fn open_databases(
             dbs.push(None);
             continue;
         }
+        let dir = config.data_dir.join(format!("db{i}"));
+        let settings = crate::mirroring::settings::MirroringSettings::load(&dir)?;
+        let restoring = match &settings {
+            Some(s) => s.role == crate::mirroring::settings::Role::Mirror,
+            None => config.mirroring.restoring,
+        };
         let db_config = DatabaseConfig {
-            dir: config.data_dir.join(format!("db{i}")),
+            dir,
+            restoring,
             db_id: DbId(i as u64 + 1),
             epoch: Epoch(1),
             cache_pages,

@@ -23,6 +23,9 @@ use crate::server::ServerConfig;
 use crate::store::database::{CommitProgress, Database};
 use crate::wal::{Lsn, Wake};
 
+mod peer;
+pub use peer::PeerMigration;
+
 const KIND_SHIFT: u32 = 56;
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -31,6 +34,7 @@ pub const KIND_LOG: u64 = 4;
 const KIND_TIMER: u64 = 5;
 const KIND_MSG_SENT: u64 = 6;
 const KIND_CHECKPOINT: u64 = 7;
+// 8..=11: the mirroring endpoint (`peer`).
 const ID_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 pub fn token(kind: u64, id: u64) -> Token {
@@ -78,6 +82,8 @@ struct Conn {
     migrate_to: Option<usize>,
     recv_op: Option<OpId>,
     recv_cancelled: bool,
+    /// Everything is sent and the connection may go.
+    closing_done: bool,
 }
 
 impl Conn {
@@ -96,6 +102,7 @@ impl Conn {
             migrate_to: None,
             recv_op: None,
             recv_cancelled: false,
+            closing_done: false,
         }
     }
 }
@@ -132,6 +139,20 @@ pub struct ServerShard {
     /// for `SWEEP_REST_AFTER_ERROR` then, instead of reporting the same bad page every tick).
     sweep_after: Vec<Option<Vec<u8>>>,
     sweep_failed_at: Vec<Option<Instant>>,
+    /// The mirroring endpoint's listener (shard 0, when a key is configured).
+    endpoint: Option<OwnedFd>,
+    /// Per database: its mirroring link, if it is mirrored.
+    links: Vec<Option<peer::Link>>,
+    peers: HashMap<u64, peer::PeerConn>,
+    next_peer_id: u64,
+    /// Authenticated endpoint connections waiting to move to their database's shard.
+    pending_peer_hello: HashMap<u64, crate::wire::handshake::Hello>,
+    /// Session commands produced where they could not run at once.
+    deferred_session_commands: Vec<(usize, Vec<crate::mirroring::session::Command>)>,
+    /// Databases whose held replies may have become sendable.
+    release_dbs: Vec<usize>,
+    /// Connections that close once their queued frames (a REFUSE) are sent.
+    closing_after_send: Vec<u64>,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
@@ -177,7 +198,35 @@ impl ServerShard {
             spare_bufs: Vec::new(),
             sweep_after: vec![None; dbs_len],
             sweep_failed_at: vec![None; dbs_len],
+            endpoint: None,
+            links: (0..dbs_len).map(|_| None).collect(),
+            peers: HashMap::new(),
+            next_peer_id: 1,
+            pending_peer_hello: HashMap::new(),
+            deferred_session_commands: Vec::new(),
+            release_dbs: Vec::new(),
+            closing_after_send: Vec::new(),
         }
+    }
+
+    /// Sets up the mirroring links of the databases this shard owns (see `peer`).
+    pub fn init_mirroring(&mut self) -> Result<()> {
+        self.init_links()
+    }
+
+    /// Sends every reply of database `db` that the commit rule now allows.
+    fn release_replies(&mut self, ring: &mut Ring, db: usize) -> Result<()> {
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.replies.front().is_some_and(|r| r.db == db))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.flush(ring, id)?;
+            self.try_migrate(ring, id)?;
+        }
+        Ok(())
     }
 
     fn remove_conn(&mut self, id: u64) {
@@ -343,8 +392,13 @@ impl ServerShard {
 
     /// Runs every complete command in the connection's input.
     fn process(&mut self, id: u64) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        self.process_conn(id, &mut conn);
+        self.conns.insert(id, conn);
+    }
+
+    fn process_conn(&mut self, id: u64, conn: &mut Conn) {
         let info_clients = self.shared.clients.load(Ordering::Relaxed);
-        let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.migrate_to.is_some() {
             return;
         }
@@ -386,6 +440,27 @@ impl ServerShard {
                 continue;
             }
             let args: Vec<&[u8]> = command.args.iter().map(|r| &conn.input[start + r.start..start + r.end]).collect();
+            if args[0].eq_ignore_ascii_case(b"MIRROR") && conn.session.authenticated {
+                if conn.session.multi.is_some() {
+                    queue_now(conn, Reply::error("ERR MIRROR is not allowed inside MULTI"));
+                    continue;
+                }
+                let owned: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+                let reply =
+                    self.mirror_command(conn.session.db, &owned).unwrap_or_else(|e| Reply::error(format!("ERR {e}")));
+                queue_now(conn, reply);
+                continue;
+            }
+            if self.refuses_clients(conn.session.db) && !commands::is_connection_command(args[0]) {
+                queue_now(
+                    conn,
+                    Reply::error(format!(
+                        "READONLY database {} is a mirror (RESTORING): it can be neither read nor written; connect to the principal",
+                        conn.session.db
+                    )),
+                );
+                continue;
+            }
             let info = ServerInfo {
                 requirepass: self.config.requirepass.as_deref(),
                 connected_clients: info_clients,
@@ -421,9 +496,19 @@ impl ServerShard {
 
     /// Moves hardened replies to the output and starts a send.
     fn flush(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
-        let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        let Some(mut conn) = self.conns.remove(&id) else { return Ok(()) };
+        let result = self.flush_conn(ring, id, &mut conn);
+        self.conns.insert(id, conn);
+        if self.conns.get(&id).is_some_and(|c| c.closing_done) {
+            self.remove_conn(id);
+        }
+        result
+    }
+
+    fn flush_conn(&mut self, ring: &mut Ring, _id: u64, conn: &mut Conn) -> Result<()> {
+        let id = _id;
         while let Some(front) = conn.replies.front() {
-            if front.wait > Lsn::ZERO && front.wait > local(&self.dbs, front.db).log.lsn_hardened() {
+            if front.wait > Lsn::ZERO && front.wait > self.commit_lsn(front.db) {
                 break;
             }
             let reply = conn.replies.pop_front().expect("front exists");
@@ -450,7 +535,7 @@ impl ServerShard {
             && conn.waiting_space.is_none()
             && !conn.receiving
         {
-            self.remove_conn(id);
+            conn.closing_done = true;
         }
         Ok(())
     }
@@ -481,6 +566,7 @@ impl ServerShard {
     fn on_log(&mut self, ring: &mut Ring, db: usize, c: Completion) -> Result<()> {
         local_mut(&mut self.dbs, db).on_log_completion(c, &mut self.wakes);
         self.wakes.clear();
+        self.peer_log_progress(ring, db)?;
         self.continue_pending_commit(db);
         if local(&self.dbs, db).is_failed() {
             eprintln!("mirrorlog: database {db}: the log failed; its clients get errors");
@@ -555,13 +641,18 @@ impl ServerShard {
         }
         for db in 0..self.dbs.len() {
             let resting = self.sweep_failed_at[db].is_some_and(|t| t.elapsed() < SWEEP_REST_AFTER_ERROR);
-            if !resting && self.dbs[db].as_ref().is_some_and(|d| !self.stopping && !d.paused() && !d.is_failed()) {
+            if !resting
+                && self.dbs[db]
+                    .as_ref()
+                    .is_some_and(|d| !self.stopping && !d.paused() && !d.is_failed() && !d.is_restoring())
+            {
                 self.sweep_expired(db);
             }
         }
         self.publish_stats();
+        self.peer_timer()?;
         if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
-            for db in self.dbs.iter_mut().flatten() {
+            for db in self.dbs.iter_mut().flatten().filter(|d| !d.is_restoring()) {
                 db.request_checkpoint();
             }
             self.last_checkpoint = Instant::now();
@@ -641,6 +732,7 @@ fn queue_now(conn: &mut Conn, reply: Reply) {
 impl ShardWork for ServerShard {
     fn start(&mut self, ring: &mut Ring) -> Result<()> {
         self.accept_next(ring)?;
+        self.start_endpoint(ring)?;
         ring.timeout(TIMER_PERIOD, token(KIND_TIMER, 0))?;
         Ok(())
     }
@@ -663,15 +755,18 @@ impl ShardWork for ServerShard {
         for db in self.dbs.iter_mut().flatten() {
             db.log.submit(ring)?;
         }
+        self.after_submit(ring)?;
         if self.stopping && self.quiescent() {
             // Every commit is durable: send every reply, wait for the sends, checkpoint, stop.
             let ids: Vec<u64> = self.conns.keys().copied().collect();
             for id in ids {
                 self.flush(ring, id)?;
             }
-            if self.replies_sent() {
+            let redo_wait_over = self.stop_began.is_some_and(|t| t.elapsed() > STOP_SEND_GRACE);
+            if self.replies_sent() && (self.redo_caught_up() || redo_wait_over) {
+                self.stop_links();
                 for (i, db) in self.dbs.iter_mut().enumerate() {
-                    if let Some(db) = db.as_mut().filter(|d| !d.is_failed()) {
+                    if let Some(db) = db.as_mut().filter(|d| !d.is_failed() && !d.is_restoring()) {
                         db.checkpoint_through(ring, checkpoint_token(i))?;
                     }
                 }
@@ -683,6 +778,7 @@ impl ShardWork for ServerShard {
 
     fn complete(&mut self, ring: &mut Ring, c: Completion) -> Result<()> {
         if c.kind == CompletionKind::Message {
+            self.on_peer_migrations(ring)?;
             return self.on_migrations(ring);
         }
         let id = c.token & ID_MASK;
@@ -692,6 +788,7 @@ impl ShardWork for ServerShard {
             KIND_SEND => self.on_send(ring, id, c),
             KIND_LOG => self.on_log(ring, id as usize, c),
             KIND_TIMER => self.on_timer(ring),
+            peer::KIND_PEER_ACCEPT..=peer::KIND_PEER_SEND => self.peer_complete(ring, c),
             KIND_MSG_SENT => {
                 if c.result < 0 {
                     eprintln!(

@@ -39,6 +39,8 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     pub stats: Vec<DbStats>,
     pub inboxes: Vec<BoundedQueue<Migration>>,
+    /// Authenticated mirroring connections moving to the shard of their database.
+    pub peer_inboxes: Vec<BoundedQueue<crate::server::shard_server::PeerMigration>>,
     /// Each shard's ring descriptor, the target of MSG_RING (published before any client comes).
     pub ring_fds: Vec<AtomicI32>,
 }
@@ -55,6 +57,7 @@ impl Shared {
             next_client_id: AtomicU64::new(1),
             stats: (0..databases).map(|_| DbStats::default()).collect(),
             inboxes: (0..shards).map(|_| BoundedQueue::new(MIGRATION_QUEUE_CAPACITY)).collect(),
+            peer_inboxes: (0..shards).map(|_| BoundedQueue::new(64)).collect(),
             ring_fds: (0..shards).map(|_| AtomicI32::new(-1)).collect(),
         }
     }

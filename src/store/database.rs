@@ -31,6 +31,10 @@ pub struct DatabaseConfig {
     pub epoch: Epoch,
     pub cache_pages: usize,
     pub segment_size: u64,
+    /// A mirror's copy (RESTORING, SQL Server's NORECOVERY): opened by redo of whole
+    /// transactions only, never changed by this server (no tree is created, nothing is logged);
+    /// its pages belong to the mirror's redo pipeline.
+    pub restoring: bool,
 }
 
 /// What recovery did when the database opened.
@@ -43,6 +47,9 @@ pub struct RedoReport {
     pub pages_restored_from_images: u64,
     /// Transactions at the end of the log without their commit record (never acknowledged).
     pub incomplete_transaction_records: u64,
+    /// Those records themselves (kind, body, end LSN): a mirror completes the transaction when
+    /// the rest of it arrives.
+    pub incomplete_transaction: Vec<(RecordKind, Vec<u8>, Lsn)>,
 }
 
 /// A transaction whose records are being appended.
@@ -78,6 +85,10 @@ pub struct Database {
     checkpoint_lsn: Lsn,
     pub checkpoints: u64,
     pub redo_report: RedoReport,
+    restoring: bool,
+    /// Log a CHECKPOINT record after each periodic checkpoint (a principal does, so its mirror
+    /// can checkpoint at the same LSN).
+    pub log_checkpoint_records: bool,
 }
 
 impl Database {
@@ -106,9 +117,23 @@ impl Database {
             checkpoint_lsn: redo_from,
             checkpoints: 0,
             redo_report,
+            restoring: config.restoring,
+            log_checkpoint_records: false,
         };
         db.last_commit = db.log.lsn_hardened();
         db.pool.set_hardened(db.log.lsn_hardened());
+        if config.restoring {
+            // Redo wrote and synced the pages it changed; the checkpoint stays where it was (a
+            // mirror checkpoints only where its principal did: see `record_mirror_checkpoint`).
+            return Ok(db);
+        }
+        if db.redo_report.incomplete_transaction_records > 0 {
+            // The log ends inside a transaction that never committed: close it, so that neither
+            // a later redo nor the mirror joins its records to the next transaction.
+            db.log.append(redo::TX_ABORT, &[]).map_err(Error::from)?;
+            db.harden_blocking(ring)?;
+            db.last_commit = db.log.lsn_hardened();
+        }
         db.checkpoint_now()?;
         if !btree::exists(&mut db.pool)? {
             db.begin();
@@ -121,6 +146,42 @@ impl Database {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether this is a mirror's copy (RESTORING): clients may neither read nor write it.
+    pub fn is_restoring(&self) -> bool {
+        self.restoring
+    }
+
+    /// The mirror's redo pipeline wrote and synced every page changed before `redo_lsn` (a
+    /// CHECKPOINT of the principal): record it, and release older log.
+    pub fn record_mirror_checkpoint(&mut self, redo_lsn: Lsn) -> Result<()> {
+        self.control.write(redo_lsn)?;
+        self.log.set_retention_lsn(redo_lsn);
+        self.checkpoint_lsn = redo_lsn;
+        self.checkpoints += 1;
+        Ok(())
+    }
+
+    /// Waits on `ring` until everything appended is hardened (start-up only).
+    fn harden_blocking(&mut self, ring: &mut Ring) -> Result<()> {
+        let mut wakes = Vec::new();
+        while self.log.lsn_hardened() < self.log.lsn_appended() {
+            self.log.submit(ring)?;
+            let mut completions = Vec::new();
+            while completions.is_empty() {
+                ring.submit_and_wait(1)?;
+                ring.reap(&mut completions);
+            }
+            for c in completions {
+                self.log.complete(c, &mut wakes);
+            }
+            if self.log.is_failed() {
+                return Err(Error::LogFailed("the log failed at start-up".into()));
+            }
+        }
+        self.pool.set_hardened(self.log.lsn_hardened());
+        Ok(())
     }
 
     pub fn pool(&mut self) -> &mut BufferPool {
@@ -163,6 +224,11 @@ impl Database {
         let ran = self.checkpoint_through(ring, token)?;
         if ran {
             self.checkpoint_requested = false;
+            if self.log_checkpoint_records {
+                // At the checkpoint's redo LSN: the log was fully hardened and nothing appended since.
+                let redo_lsn = self.checkpoint_lsn;
+                self.log.append(redo::CHECKPOINT, &redo_lsn.0.to_le_bytes()).map_err(Error::from)?;
+            }
         }
         Ok(ran)
     }
@@ -335,6 +401,7 @@ fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result
         }
         match header.kind {
             redo::PAGE_IMAGE | redo::PAGE_DIFF => open_tx.push((header.kind, body.to_vec(), end)),
+            redo::TX_ABORT => open_tx.clear(),
             redo::TX_COMMIT => {
                 report.transactions += 1;
                 for (kind, body, end) in open_tx.drain(..) {
@@ -351,6 +418,7 @@ fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result
         return Err(e);
     }
     report.incomplete_transaction_records = open_tx.len() as u64;
+    report.incomplete_transaction = open_tx;
     for (_, (mut buf, trusted)) in pages {
         if !trusted {
             return Err(Error::PageCorrupt(page::PageError::ChecksumMismatch(page::page_id(&buf))));

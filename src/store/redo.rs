@@ -16,6 +16,12 @@ use crate::wal::{Lsn, RecordKind};
 pub const PAGE_IMAGE: RecordKind = RecordKind(16);
 pub const PAGE_DIFF: RecordKind = RecordKind(17);
 pub const TX_COMMIT: RecordKind = RecordKind(18);
+/// Ends a transaction whose commit never came (the log ended inside it before a restart): its
+/// records are dropped by redo and by the mirror. Body: empty.
+pub const TX_ABORT: RecordKind = RecordKind(19);
+/// A checkpoint of the principal at this LSN (body: its redo LSN, u64): from here on the first
+/// change of every page is logged as a full image, so a mirror may checkpoint here too.
+pub const CHECKPOINT: RecordKind = RecordKind(20);
 
 const LSN_FIELD: std::ops::Range<usize> = 16..24;
 /// Unchanged runs shorter than this between two changed runs are folded into one range (a range

@@ -79,6 +79,9 @@ pub enum AppendError {
     },
     /// The log failed (a write or flush error) and takes no more records.
     Failed(String),
+    /// A mirror's log cannot take a record at the position the principal gave it (the two logs
+    /// would differ); the mirroring connection is refused, the log itself is unharmed.
+    Mismatch(String),
 }
 
 impl From<AppendError> for Error {
@@ -87,6 +90,7 @@ impl From<AppendError> for Error {
             AppendError::Full => Error::LogFailed("log buffer full".into()),
             AppendError::TooLarge { size, max } => Error::RecordTooLarge { size, max },
             AppendError::Failed(detail) => Error::LogFailed(detail),
+            AppendError::Mismatch(detail) => Error::Mirroring(detail),
         }
     }
 }
@@ -158,7 +162,31 @@ pub struct LogWriter {
     preparer: SegmentPreparer,
     inbox: Arc<RemoteInbox>,
     deferred_remote: Option<AppendRequest>,
+    /// Whether submitted batches are also handed to the mirroring link (`take_shipped`).
+    shipping: bool,
+    shipped: Vec<ShippedBatch>,
+    /// Log the mirror still needs: segments holding records at or after it are kept, whatever
+    /// checkpoints release (`set_retention_hold`).
+    retention_hold: Option<Lsn>,
+    /// What checkpoints last allowed to release.
+    retention_checkpoint: Lsn,
     pub stats: LogStats,
+}
+
+/// One group-commit batch as submitted to disk, for zero-copy shipping to the mirror: the bytes
+/// of log stream positions `from..to` are `buf[from - start .. to - start]`. The buffer is the
+/// one being written; it must not be changed, and goes back through `recycle_shared`.
+pub struct ShippedBatch {
+    pub buf: FileArc<AlignedBuf>,
+    pub start: Lsn,
+    pub from: Lsn,
+    pub to: Lsn,
+}
+
+impl ShippedBatch {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.from.since(self.start) as usize..self.to.since(self.start) as usize]
+    }
 }
 
 impl LogWriter {
@@ -230,6 +258,10 @@ impl LogWriter {
             preparer,
             inbox,
             deferred_remote: None,
+            shipping: false,
+            shipped: Vec::new(),
+            retention_hold: None,
+            retention_checkpoint: Lsn::ZERO,
             stats: LogStats::default(),
             config,
         };
@@ -389,6 +421,137 @@ impl LogWriter {
         Ok(())
     }
 
+    /// The mirror's append: the record the principal wrote at `lsn` goes to the same LSN here.
+    /// Both logs have the same segment size, so segments close at the same LSNs; a padding record
+    /// (or a remainder too small for one, which the principal skipped) closes the segment here too.
+    /// Returns the record's end LSN; `Full` means wait for space and call again.
+    pub fn append_replica(&mut self, lsn: Lsn, kind: RecordKind, body: &[u8]) -> Result<Lsn, AppendError> {
+        if let Some(detail) = &self.failed {
+            return Err(AppendError::Failed(detail.clone()));
+        }
+        let size = record::record_size(body.len()) as u64;
+        let segment_end = self.segment.header.end_lsn();
+        if lsn != self.lsn_appended {
+            let skipped_remainder = lsn == segment_end
+                && self.lsn_appended < segment_end
+                && (segment_end.since(self.lsn_appended) as usize) < RECORD_HEADER_SIZE;
+            if !skipped_remainder {
+                return Err(AppendError::Mismatch(format!(
+                    "record at {lsn} does not follow this log's end ({})",
+                    self.lsn_appended
+                )));
+            }
+            if self.gathering.sealed {
+                return Err(AppendError::Full);
+            }
+            self.seal_segment(segment_end);
+            if self.gathering.end_lsn() == self.gathering.batch_lsn {
+                self.rotate().map_err(|e| AppendError::Failed(e.to_string()))?;
+            } else {
+                return Err(AppendError::Full);
+            }
+            return self.append_replica(lsn, kind, body);
+        }
+        if kind == RecordKind::PADDING {
+            if lsn.advance(size) != segment_end {
+                return Err(AppendError::Mismatch(format!(
+                    "padding at {lsn} of {size} bytes does not end this log's segment at {segment_end}"
+                )));
+            }
+            if self.gathering.sealed {
+                return Err(AppendError::Full);
+            }
+            self.seal_segment(segment_end);
+            return if self.gathering.sealed { Ok(segment_end) } else { Err(AppendError::Full) };
+        }
+        if lsn < segment_end && lsn.advance(size) > segment_end {
+            return Err(AppendError::Mismatch(format!(
+                "record at {lsn} of {size} bytes crosses this log's segment end at {segment_end} (segment sizes differ?)"
+            )));
+        }
+        let end = self.append(kind, body)?;
+        if end != lsn.advance(size) {
+            return Err(AppendError::Mismatch(format!("record at {lsn} landed at a different position")));
+        }
+        Ok(end)
+    }
+
+    /// Reads whole records of hardened log from `from` on, at most `max` bytes (at least one
+    /// record), for a mirror that is behind. Returns the range read (its start moves past a
+    /// segment's unused remainder) and the bytes, or `None` when nothing hardened is left to
+    /// read. The read is O_DIRECT like the writes: a buffered read could return stale cached
+    /// pages of a file written with direct I/O (open(2), O_DIRECT notes).
+    pub fn read_hardened(&self, from: Lsn, max: usize) -> Result<Option<(Lsn, Lsn, Vec<u8>)>> {
+        let hardened = self.lsn_hardened;
+        let segments = self
+            .older_segments
+            .iter()
+            .map(|(h, p)| (*h, p.clone()))
+            .chain(std::iter::once((self.segment.header, self.segment.path.clone())));
+        let mut from = from;
+        for (header, path) in segments {
+            if from < header.first_lsn {
+                // Only the oldest kept segment can start after `from` (later ones continue where
+                // the previous ended).
+                {
+                    return Err(Error::Mirroring(format!(
+                        "the log from {from} was released (the oldest kept is {}); the mirror must be restored from a backup",
+                        self.first_retained_lsn()
+                    )));
+                }
+            }
+            let end = header.end_lsn();
+            if from >= end {
+                continue;
+            }
+            if (end.since(from) as usize) < RECORD_HEADER_SIZE {
+                from = end; // the principal skipped a remainder too small for a record
+                continue;
+            }
+            let limit = end.min(hardened);
+            if from >= limit {
+                return Ok(None);
+            }
+            let aligned = from.block_floor().max(header.first_lsn);
+            let read_end = limit.min(from.advance(max as u64));
+            let len = (read_end.since(aligned) as usize).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+            let mut buf = AlignedBuf::zeroed(len);
+            let file = open_direct(&path)?;
+            let offset = SEGMENT_HEADER_SIZE as u64 + aligned.since(header.first_lsn);
+            let file_len = file.metadata().context(|| format!("stat {}", path.display()))?.len();
+            let readable = (file_len.saturating_sub(offset) as usize).min(len) / BLOCK_SIZE * BLOCK_SIZE;
+            file.read_exact_at(&mut buf[..readable], offset).context(|| format!("read {}", path.display()))?;
+            let bytes = &buf[from.since(aligned) as usize..];
+            // Whole records only.
+            let mut at = 0usize;
+            let avail = read_end.since(from) as usize;
+            while at < avail {
+                let lsn = from.advance(at as u64);
+                match record::check(&bytes[at..(end.since(from) as usize).min(bytes.len())], self.config.db_id, lsn) {
+                    record::RecordCheck::Valid(h) => {
+                        let size = record::record_size(h.body_len as usize);
+                        if at + size > avail {
+                            break;
+                        }
+                        at += size;
+                    }
+                    record::RecordCheck::Truncated if at > 0 => break,
+                    other => {
+                        return Err(Error::LogCorrupt {
+                            lsn,
+                            detail: format!("hardened log does not read back as a record ({other:?})"),
+                        })
+                    }
+                }
+            }
+            if at == 0 {
+                return Err(Error::LogCorrupt { lsn: from, detail: "no whole record fits the read".into() });
+            }
+            return Ok(Some((from, from.advance(at as u64), bytes[..at].to_vec())));
+        }
+        Ok(None)
+    }
+
     /// Fills the rest of the segment with a padding record (when a header fits) and closes it.
     fn seal_segment(&mut self, segment_end: Lsn) {
         let remaining = segment_end.since(self.lsn_appended) as usize;
@@ -443,7 +606,7 @@ impl LogWriter {
                 Err(AppendError::TooLarge { size, max }) => {
                     request.reply.set(Err(format!("record of {size} bytes exceeds {max}")))
                 }
-                Err(AppendError::Failed(detail)) => request.reply.set(Err(detail)),
+                Err(AppendError::Failed(detail) | AppendError::Mismatch(detail)) => request.reply.set(Err(detail)),
             }
         }
     }
@@ -480,7 +643,16 @@ impl LogWriter {
             Gathering { buf: next, start_lsn: next_start, batch_lsn: end, sealed: false, records: 0 },
         );
         let file = self.segment.file.clone();
-        ring.write_file_at(&file, gathered.buf, write_len, offset, libc::RWF_DSYNC, self.op_token)?;
+        let shared = FileArc::new(gathered.buf);
+        ring.write_shared_at(&file, shared.clone(), write_len, offset, libc::RWF_DSYNC, self.op_token)?;
+        if self.shipping {
+            self.shipped.push(ShippedBatch {
+                buf: shared,
+                start: gathered.start_lsn,
+                from: gathered.batch_lsn,
+                to: end,
+            });
+        }
         self.in_flight = Some(InFlight { end_lsn: end, write_len, records, _file: file });
         if closes_segment {
             self.gathering.sealed = true;
@@ -519,6 +691,9 @@ impl LogWriter {
         let in_flight = self.in_flight.take().expect("log write completion without a write in flight");
         if let Some(buf) = completion.buf.take() {
             self.spare_bufs.push(buf);
+        }
+        if let Some(shared) = completion.shared.take() {
+            self.recycle_shared(shared);
         }
         self.stats.writes += 1;
         if self.config.faults.fail_write_number == Some(self.stats.writes) {
@@ -579,9 +754,58 @@ impl LogWriter {
         }
     }
 
-    /// Segments whose every record is below `lsn` are no longer needed (checkpoints and the mirror
-    /// will set this); they are recycled or removed in the background.
+    /// Turns the hand-over of submitted batches to the mirroring link on or off.
+    pub fn set_shipping(&mut self, on: bool) {
+        self.shipping = on;
+        if !on {
+            for batch in std::mem::take(&mut self.shipped) {
+                self.recycle_shared(batch.buf);
+            }
+        }
+    }
+
+    /// Batches submitted since the last call (only while shipping is on).
+    pub fn take_shipped(&mut self) -> Vec<ShippedBatch> {
+        std::mem::take(&mut self.shipped)
+    }
+
+    /// Takes back a reference to a log buffer; the last holder (disk write or network send)
+    /// returns the buffer to the spares.
+    pub fn recycle_shared(&mut self, shared: FileArc<AlignedBuf>) {
+        if let Ok(buf) = FileArc::try_unwrap(shared) {
+            if self.spare_bufs.len() < LOG_BUFFERS_PER_LOG {
+                self.spare_bufs.push(buf);
+            }
+        }
+    }
+
+    /// Keeps every segment holding log at or after `lsn` (the mirror's hardened LSN), or lets
+    /// checkpoints alone decide again (`None`).
+    pub fn set_retention_hold(&mut self, hold: Option<Lsn>) {
+        self.retention_hold = hold;
+        self.set_retention_lsn(self.retention_checkpoint);
+    }
+
+    /// Bytes of log kept from the oldest retained segment to the appended end.
+    pub fn retained_bytes(&self) -> u64 {
+        let first = self.older_segments.first().map(|(h, _)| h.first_lsn).unwrap_or(self.segment.header.first_lsn);
+        self.lsn_appended.since(first)
+    }
+
+    /// The first LSN still held in the log's segments.
+    pub fn first_retained_lsn(&self) -> Lsn {
+        self.older_segments.first().map(|(h, _)| h.first_lsn).unwrap_or(self.segment.header.first_lsn)
+    }
+
+    /// Segments whose every record is below `lsn` are no longer needed (checkpoints set this;
+    /// a mirroring hold keeps what the mirror still needs); they are recycled or removed in the
+    /// background.
     pub fn set_retention_lsn(&mut self, lsn: Lsn) {
+        self.retention_checkpoint = lsn;
+        let lsn = match self.retention_hold {
+            Some(hold) => lsn.min(hold),
+            None => lsn,
+        };
         let lsn = lsn.min(self.lsn_hardened);
         while let Some((header, _)) = self.older_segments.first() {
             if header.end_lsn() > lsn {

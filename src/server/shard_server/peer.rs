@@ -1,0 +1,1541 @@
+//! The mirroring endpoint on the server's shards: connections between partners, the principal's
+//! log shipping and the mirror's hardening, acknowledgement and redo dispatch — all on the ring
+//! of the shard that owns the database.
+//!
+//! Principal: dials the mirror's endpoint, authenticates (`wire::handshake`), learns the mirror's
+//! hardened LSN and sends the log from there: first from the segment files (catch-up), then each
+//! group-commit batch as it is written — one buffer, two consumers: the block the disk write
+//! reads is the block the zero-copy send reads (`LogWriter::take_shipped`,
+//! `Ring::send_zc_shared`). Acknowledgements drive the sans-IO `PrincipalSession`, whose
+//! `commit_lsn` decides which replies may be sent.
+//!
+//! Mirror: accepts the principal, verifies every record, appends it at the same LSN
+//! (`LogWriter::append_replica`), acknowledges only what its own log hardened, and hands whole
+//! hardened transactions to the redo pipeline.
+//!
+//! Sends on one connection are strictly sequential (one operation in flight): two sends in
+//! flight on one socket may complete in any order (io_uring does not order independent
+//! requests; IOSQE_IO_LINK would), which would interleave frames.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::io::buffer::AlignedBuf;
+use crate::io::ring::{Completion, CompletionKind, Ring};
+use crate::mirroring::redo_pipeline::{RedoPipeline, RedoRecord};
+use crate::mirroring::session::{Command, Event, MirroringState, PrincipalSession, SafetyLevel};
+use crate::mirroring::settings::{self, MirroringSettings, Role};
+use crate::server::resp::Reply;
+use crate::store::redo;
+use crate::wal::log_writer::ShippedBatch;
+use crate::wal::record::{self, RecordCheck};
+use crate::wal::{AppendError, DbId, Epoch, Lsn, RecordKind};
+use crate::wire::frame::{self, FrameHeader, FrameKind, Parsed};
+use crate::wire::handshake::{self, Acceptor, AcceptorStep, Dialer, DialerStep, ReadyInfo};
+
+use super::{token, ServerShard, ID_MASK, KIND_SHIFT};
+
+pub(super) const KIND_PEER_ACCEPT: u64 = 8;
+pub(super) const KIND_PEER_CONNECT: u64 = 9;
+pub(super) const KIND_PEER_RECV: u64 = 10;
+pub(super) const KIND_PEER_SEND: u64 = 11;
+
+/// Receive size of a mirroring connection.
+const PEER_RECV_SIZE: usize = 256 * 1024;
+/// Unprocessed input beyond which a connection stops receiving (the mirror's log is full).
+const PEER_INPUT_MAX: usize = 2 * frame::FRAME_BODY_MAX + 2 * frame::FRAME_HEADER_SIZE;
+/// Frames queued on one connection at most; live batches beyond it are left to catch-up.
+const PEER_SEND_QUEUE_MAX: usize = 16;
+/// Log sent and not yet acknowledged, at most (the in-flight window).
+pub const SEND_WINDOW_BYTES: u64 = 16 << 20;
+/// Largest catch-up read.
+const CATCH_UP_CHUNK: usize = 1 << 20;
+/// Between two dials of an unreachable mirror.
+const DIAL_RETRY: Duration = Duration::from_millis(500);
+/// Redo ring slots per worker.
+const REDO_RING_CAPACITY: usize = 1 << 14;
+/// Pages each redo worker caches.
+const REDO_CACHE_PAGES_PER_WORKER: usize = 8192;
+
+const _: () = assert!(CATCH_UP_CHUNK <= frame::FRAME_BODY_MAX);
+const _: () = assert!(crate::constants::LOG_BUFFER_SIZE <= frame::FRAME_BODY_MAX);
+const _: () = assert!(REDO_RING_CAPACITY.is_power_of_two());
+
+/// An authenticated endpoint connection handed to the shard that owns its database.
+pub struct PeerMigration {
+    pub fd: OwnedFd,
+    pub input: Vec<u8>,
+    pub version: u16,
+    pub hello: handshake::Hello,
+    pub peer: String,
+}
+
+enum Phase {
+    Connecting,
+    Dialing(Box<Dialer>),
+    Accepting(Box<Acceptor>),
+    Ready { version: u16, compress: bool },
+}
+
+enum Outgoing {
+    Bytes(Vec<u8>),
+    /// A live batch: the frame header, then the batch's bytes straight from the log buffer.
+    Live {
+        header: Vec<u8>,
+        batch: ShippedBatch,
+    },
+}
+
+struct Sending {
+    item: Outgoing,
+    /// 0: the bytes (or a live frame's header); 1: a live frame's body.
+    stage: u8,
+    offset: usize,
+}
+
+pub(super) struct PeerConn {
+    fd: OwnedFd,
+    db: Option<usize>,
+    phase: Phase,
+    input: Vec<u8>,
+    receiving: bool,
+    out: VecDeque<Outgoing>,
+    sending: Option<Sending>,
+    /// Operations in flight on the socket (the connection is dropped only at zero).
+    ops: usize,
+    closed: bool,
+    migrate_to: Option<usize>,
+    peer: String,
+}
+
+impl PeerConn {
+    fn new(fd: OwnedFd, db: Option<usize>, phase: Phase, peer: String) -> Self {
+        Self {
+            fd,
+            db,
+            phase,
+            input: Vec::new(),
+            receiving: false,
+            out: VecDeque::new(),
+            sending: None,
+            ops: 0,
+            closed: false,
+            migrate_to: None,
+            peer,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        !self.closed && matches!(self.phase, Phase::Ready { .. })
+    }
+
+    fn version(&self) -> u16 {
+        match self.phase {
+            Phase::Ready { version, .. } => version,
+            _ => frame::PROTOCOL_VERSION_MIN,
+        }
+    }
+}
+
+pub(super) struct PrincipalLink {
+    settings: MirroringSettings,
+    partner: SocketAddr,
+    session: PrincipalSession,
+    conn: Option<u64>,
+    next_dial: Instant,
+    /// The next log position to send.
+    lsn_sent: Lsn,
+    /// The last batch went out live (not from the files).
+    live: bool,
+    last_ping: Instant,
+    last_dial_error: Option<String>,
+    frames_live: u64,
+    frames_catch_up: u64,
+    bytes_sent: u64,
+}
+
+pub(super) struct MirrorLink {
+    settings: MirroringSettings,
+    conn: Option<u64>,
+    /// Records appended to this log, waiting to be hardened and dispatched.
+    pending: VecDeque<RedoRecord>,
+    /// Page records of the transaction being gathered (its commit not dispatched yet).
+    tx: Vec<RedoRecord>,
+    pipeline: Option<RedoPipeline>,
+    lsn_acked: Lsn,
+    /// End of the last transaction handed to the pipeline, and the last mark set.
+    lsn_dispatched: Lsn,
+    lsn_marked: Lsn,
+    principal_state: Option<MirroringState>,
+    principal_safety: Option<SafetyLevel>,
+    last_heard: Instant,
+    frames_received: u64,
+    frames_rejected: u64,
+    /// A frame waits for log space.
+    stalled: bool,
+    failure: Option<String>,
+}
+
+pub(super) enum Link {
+    Principal(Box<PrincipalLink>),
+    Mirror(Box<MirrorLink>),
+}
+
+fn db_id_of(db: usize) -> DbId {
+    DbId(db as u64 + 1)
+}
+
+const EPOCH: Epoch = Epoch(1);
+
+impl ServerShard {
+    pub fn set_endpoint(&mut self, listener: Option<OwnedFd>) {
+        self.endpoint = listener;
+    }
+
+    /// Reads each owned database's mirroring settings (creating them from the command line's
+    /// --partner / --restoring) and sets up its link.
+    pub(super) fn init_links(&mut self) -> Result<()> {
+        let m = self.config.mirroring.clone();
+        for db in 0..self.dbs.len() {
+            let Some(database) = self.dbs[db].as_mut() else { continue };
+            let dir = database.dir().to_path_buf();
+            let mut settings = MirroringSettings::load(&dir)?;
+            if settings.is_none() && database.is_restoring() {
+                if database.log.lsn_hardened() > Lsn::ZERO && !database.log.segment_paths().is_empty() {
+                    // An existing mirror copy without settings is fine only if it is empty.
+                    let pages = crate::store::btree::exists(database.pool()).unwrap_or(true);
+                    if pages {
+                        return Err(Error::Config(format!(
+                            "database {db} holds data of its own; --restoring needs an empty database or a mirror copy"
+                        )));
+                    }
+                }
+                settings = Some(MirroringSettings {
+                    role: Role::Mirror,
+                    partner: m.partner.clone().unwrap_or_default(),
+                    safety: m.safety,
+                    suspended: None,
+                });
+                settings.as_ref().expect("set").store(&dir)?;
+            } else if let (None, Some(partner), false) = (&settings, &m.partner, database.is_restoring()) {
+                settings = Some(MirroringSettings {
+                    role: Role::Principal,
+                    partner: partner.clone(),
+                    safety: m.safety,
+                    suspended: None,
+                });
+                settings.as_ref().expect("set").store(&dir)?;
+            } else if let (Some(s), Some(partner)) = (settings.as_mut(), &m.partner) {
+                // Flags given at start-up win over the persisted partner and safety; a
+                // suspension stays until RESUME.
+                if s.role == Role::Principal && (s.partner != *partner || s.safety != m.safety) {
+                    s.partner = partner.clone();
+                    s.safety = m.safety;
+                    s.store(&dir)?;
+                }
+            }
+            let Some(settings) = settings else { continue };
+            if m.key.is_none() {
+                return Err(Error::Config(format!(
+                    "database {db} is mirrored ({} of {}) but no --endpoint-key-file was given",
+                    settings.role, settings.partner
+                )));
+            }
+            let link = match settings.role {
+                Role::Principal => self.principal_link(db, settings)?,
+                Role::Mirror => self.mirror_link(db, settings)?,
+            };
+            self.links[db] = Some(link);
+        }
+        Ok(())
+    }
+
+    fn principal_link(&mut self, db: usize, settings: MirroringSettings) -> Result<Link> {
+        let partner = settings::parse_partner(&settings.partner)?;
+        let database = self.dbs[db].as_mut().expect("owned");
+        database.log.set_shipping(true);
+        database.log_checkpoint_records = true;
+        // The mirror's hardened LSN is unknown until it connects: keep everything still here.
+        let first = database.log.first_retained_lsn();
+        database.log.set_retention_hold(Some(first));
+        let session =
+            PrincipalSession::new(settings.safety, self.config.mirroring.partner_timeout, settings.suspended.clone());
+        if let Some(reason) = &settings.suspended {
+            eprintln!("mirrorlog: database {db}: mirroring SUSPENDED ({reason}); MIRROR RESUME continues it");
+        }
+        Ok(Link::Principal(Box::new(PrincipalLink {
+            settings,
+            partner,
+            session,
+            conn: None,
+            next_dial: Instant::now(),
+            lsn_sent: Lsn::ZERO,
+            live: false,
+            last_ping: Instant::now(),
+            last_dial_error: None,
+            frames_live: 0,
+            frames_catch_up: 0,
+            bytes_sent: 0,
+        })))
+    }
+
+    fn mirror_link(&mut self, db: usize, settings: MirroringSettings) -> Result<Link> {
+        let database = self.dbs[db].as_mut().expect("owned");
+        let pipeline = RedoPipeline::start(
+            &database.dir().join("data.pages"),
+            db_id_of(db),
+            database.log.lsn_hardened(),
+            self.config.mirroring.redo_workers,
+            REDO_CACHE_PAGES_PER_WORKER,
+            REDO_RING_CAPACITY,
+        )?;
+        // A transaction the log ends inside continues when the rest arrives from the principal.
+        let tx = database
+            .redo_report
+            .incomplete_transaction
+            .drain(..)
+            .filter(|(kind, _, _)| *kind == redo::PAGE_IMAGE || *kind == redo::PAGE_DIFF)
+            .map(|(kind, body, end_lsn)| RedoRecord { kind, body, end_lsn })
+            .collect();
+        let hardened = database.log.lsn_hardened();
+        Ok(Link::Mirror(Box::new(MirrorLink {
+            settings,
+            conn: None,
+            pending: VecDeque::new(),
+            tx,
+            pipeline: Some(pipeline),
+            lsn_acked: hardened,
+            lsn_dispatched: hardened,
+            lsn_marked: Lsn::ZERO,
+            principal_state: None,
+            principal_safety: None,
+            last_heard: Instant::now(),
+            frames_received: 0,
+            frames_rejected: 0,
+            stalled: false,
+            failure: None,
+        })))
+    }
+
+    /// Commits of database `db` whose end LSN is at or below this may be answered.
+    pub(super) fn commit_lsn(&self, db: usize) -> Lsn {
+        let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
+        match &self.links[db] {
+            Some(Link::Principal(link)) => link.session.commit_lsn(hardened),
+            _ => hardened,
+        }
+    }
+
+    pub(super) fn start_endpoint(&mut self, ring: &mut Ring) -> Result<()> {
+        if let Some(listener) = &self.endpoint {
+            ring.accept(listener.as_raw_fd(), token(KIND_PEER_ACCEPT, 0))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn peer_complete(&mut self, ring: &mut Ring, c: Completion) -> Result<()> {
+        let id = c.token & ID_MASK;
+        match c.token >> KIND_SHIFT {
+            KIND_PEER_ACCEPT => self.on_peer_accept(ring, c),
+            KIND_PEER_CONNECT => self.on_peer_connect(ring, id, c),
+            KIND_PEER_RECV => self.on_peer_recv(ring, id, c),
+            KIND_PEER_SEND => self.on_peer_send(ring, id, c),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_peer_accept(&mut self, ring: &mut Ring, c: Completion) -> Result<()> {
+        if self.endpoint.is_none() {
+            if c.result >= 0 {
+                // SAFETY: a successful accept returns a new descriptor we own.
+                drop(unsafe { OwnedFd::from_raw_fd(c.result) });
+            }
+            return Ok(());
+        }
+        if c.result >= 0 {
+            // SAFETY: a successful accept returns a new descriptor we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+            let _ = crate::io::net::set_nodelay(fd.as_raw_fd());
+            let key = self.config.mirroring.key.clone().expect("the endpoint listens only with a key");
+            let acceptor = Acceptor::new(&key, handshake::random_nonce());
+            let peer = c.peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+            let id = self.next_peer_id;
+            self.next_peer_id += 1;
+            self.peers.insert(id, PeerConn::new(fd, None, Phase::Accepting(Box::new(acceptor)), peer));
+            self.post_peer_recv(ring, id)?;
+        } else {
+            eprintln!("mirrorlog: endpoint accept failed: {}", std::io::Error::from_raw_os_error(-c.result));
+        }
+        self.start_endpoint(ring)
+    }
+
+    /// Connections handed over by the shard that accepted them.
+    pub(super) fn on_peer_migrations(&mut self, ring: &mut Ring) -> Result<()> {
+        while let Some(m) = self.shared.peer_inboxes[self.index].pop() {
+            let id = self.next_peer_id;
+            self.next_peer_id += 1;
+            let mut conn = PeerConn::new(m.fd, None, Phase::Connecting, m.peer);
+            conn.input = m.input;
+            self.peers.insert(id, conn);
+            self.mirror_accept(id, m.version, m.hello);
+            self.process_peer_input(id);
+            self.post_peer_recv(ring, id)?;
+        }
+        Ok(())
+    }
+
+    fn post_peer_recv(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
+        let Some(conn) = self.peers.get_mut(&id) else { return Ok(()) };
+        if conn.receiving || conn.closed || conn.migrate_to.is_some() || conn.input.len() > PEER_INPUT_MAX {
+            return Ok(());
+        }
+        conn.receiving = true;
+        conn.ops += 1;
+        ring.recv(conn.fd.as_raw_fd(), AlignedBuf::new(PEER_RECV_SIZE), token(KIND_PEER_RECV, id))?;
+        Ok(())
+    }
+
+    fn on_peer_recv(&mut self, ring: &mut Ring, id: u64, mut c: Completion) -> Result<()> {
+        let Some(conn) = self.peers.get_mut(&id) else { return Ok(()) };
+        conn.receiving = false;
+        conn.ops -= 1;
+        if conn.closed {
+            self.reap_peer(id);
+            return Ok(());
+        }
+        if c.result <= 0 {
+            let why = if c.result == 0 {
+                "the partner closed the connection".to_string()
+            } else {
+                std::io::Error::from_raw_os_error(-c.result).to_string()
+            };
+            self.close_peer(id, &why);
+            self.reap_peer(id);
+            return Ok(());
+        }
+        let buf = c.buf.take().expect("a receive returns its buffer");
+        conn.input.extend_from_slice(&buf[..c.result as usize]);
+        self.process_peer_input(id);
+        self.try_migrate_peer(ring, id)?;
+        self.post_peer_recv(ring, id)
+    }
+
+    /// Handles every complete frame in the connection's input.
+    fn process_peer_input(&mut self, id: u64) {
+        let mut used = 0;
+        loop {
+            let Some(conn) = self.peers.get_mut(&id) else { return };
+            if conn.closed || conn.migrate_to.is_some() {
+                break;
+            }
+            let (header, total) = match frame::parse(&conn.input[used..]) {
+                Ok(Parsed::Incomplete { .. }) => break,
+                Ok(Parsed::Frame { header, total_len }) => (header, total_len),
+                Err(e) => {
+                    let reason = format!("bad frame: {e}");
+                    self.refuse_peer(id, &reason);
+                    return;
+                }
+            };
+            let bytes = conn.input[used..used + total].to_vec();
+            match self.handle_frame(id, &header, &bytes) {
+                Ok(true) => used += total,
+                Ok(false) => break, // waits (the mirror's log is full): the frame stays
+                Err(reason) => {
+                    self.refuse_peer(id, &reason);
+                    return;
+                }
+            }
+        }
+        if let Some(conn) = self.peers.get_mut(&id) {
+            conn.input.drain(..used.min(conn.input.len()));
+        }
+    }
+
+    /// One frame; Ok(false) when it must be handled again later (nothing of it was lost).
+    fn handle_frame(&mut self, id: u64, header: &FrameHeader, bytes: &[u8]) -> std::result::Result<bool, String> {
+        let body = frame::body_bytes(header, bytes).map_err(|e| format!("bad frame body: {e}"))?;
+        let conn = self.peers.get_mut(&id).expect("present");
+        match &mut conn.phase {
+            Phase::Connecting => Err("a frame before the connection was set up".into()),
+            Phase::Dialing(dialer) => match dialer.on_frame(header, &body).map_err(|e| e.to_string())? {
+                DialerStep::Send(proof) => {
+                    conn.out.push_back(Outgoing::Bytes(proof));
+                    Ok(true)
+                }
+                DialerStep::Ready { version, info } => {
+                    let db = conn.db.expect("a dialed connection has its database");
+                    let compress = self.config.mirroring.log_compression && version >= frame::PROTOCOL_VERSION_LZ4;
+                    conn.phase = Phase::Ready { version, compress };
+                    self.principal_connected(id, db, info)?;
+                    Ok(true)
+                }
+            },
+            Phase::Accepting(acceptor) => match acceptor.on_frame(header, &body) {
+                Ok(AcceptorStep::Send(challenge)) => {
+                    conn.out.push_back(Outgoing::Bytes(challenge));
+                    Ok(true)
+                }
+                Ok(AcceptorStep::Authenticated(hello)) => {
+                    let version = hello.version;
+                    let db = hello.db_id.0.wrapping_sub(1) as usize;
+                    if db >= self.dbs.len() {
+                        return Err(format!("no database {} here", hello.db_id));
+                    }
+                    let owner = self.shared.owner(db);
+                    if owner != self.index {
+                        conn.migrate_to = Some(owner);
+                        conn.phase = Phase::Connecting;
+                        self.pending_peer_hello.insert(id, hello);
+                        return Ok(true);
+                    }
+                    conn.phase = Phase::Connecting;
+                    self.mirror_accept(id, version, hello);
+                    Ok(true)
+                }
+                Ok(AcceptorStep::Refuse { frame, error }) => {
+                    conn.out.push_back(Outgoing::Bytes(frame));
+                    Err(error.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Phase::Ready { .. } => {
+                let db = conn.db.expect("a ready connection has its database");
+                self.ready_frame(id, db, header, &body)
+            }
+        }
+    }
+
+    /// Hands an authenticated endpoint connection to the shard owning its database, once no
+    /// operation is in flight on it.
+    fn try_migrate_peer(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
+        let Some(conn) = self.peers.get(&id) else { return Ok(()) };
+        let Some(target) = conn.migrate_to else { return Ok(()) };
+        if conn.ops > 0 || conn.sending.is_some() || !conn.out.is_empty() {
+            return Ok(());
+        }
+        let conn = self.peers.remove(&id).expect("present");
+        let hello = self.pending_peer_hello.remove(&id).expect("kept with migrate_to");
+        let version = hello.version;
+        let migration = PeerMigration { fd: conn.fd, input: conn.input, version, hello, peer: conn.peer };
+        match self.shared.peer_inboxes[target].push(migration) {
+            Ok(()) => {
+                ring.msg_ring(self.shared.ring_fd(target), 2, token(super::KIND_MSG_SENT, 0))?;
+            }
+            Err(back) => {
+                eprintln!("mirrorlog: endpoint: shard {target} cannot take a connection now; dropping it");
+                drop(back);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- principal -------------------------------------------------------------------------
+
+    fn principal_connected(&mut self, id: u64, db: usize, info: ReadyInfo) -> std::result::Result<(), String> {
+        let database = self.dbs[db].as_ref().expect("owned");
+        let Some(Link::Principal(link)) = self.links[db].as_mut() else {
+            return Err("this database is no longer a principal".into());
+        };
+        if info.segment_size != self.config.segment_size {
+            return Err(format!(
+                "the mirror's log segments are {} bytes, this principal's {}; both must use the same --segment-size",
+                info.segment_size, self.config.segment_size
+            ));
+        }
+        if info.lsn_hardened > database.log.lsn_hardened() {
+            let reason = format!(
+                "the mirror has log up to {} beyond this principal's {}: the copies diverged; restore the mirror",
+                info.lsn_hardened,
+                database.log.lsn_hardened()
+            );
+            let cmds = link.session.on_event(Event::Suspend { reason: reason.clone() });
+            self.deferred_session_commands.push((db, cmds));
+            return Err(reason);
+        }
+        link.conn = Some(id);
+        link.lsn_sent = info.lsn_hardened;
+        link.live = false;
+        link.last_dial_error = None;
+        let peer = self.peers.get(&id).map(|c| c.peer.clone()).unwrap_or_default();
+        eprintln!(
+            "mirrorlog: database {db}: connected to the mirror at {peer}; it has hardened the log to {}",
+            info.lsn_hardened
+        );
+        let cmds = link.session.on_event(Event::Connected { mirror_hardened: info.lsn_hardened, now: Instant::now() });
+        self.deferred_session_commands.push((db, cmds));
+        Ok(())
+    }
+
+    /// Runs the session's commands for database `db`.
+    pub(super) fn run_session_commands(&mut self, db: usize, cmds: Vec<Command>) {
+        for cmd in cmds {
+            match cmd {
+                Command::Disconnect { reason } => {
+                    if let Some(Link::Principal(link)) = self.links[db].as_mut() {
+                        if let Some(id) = link.conn.take() {
+                            self.close_peer(id, &reason);
+                        }
+                    }
+                }
+                Command::Dial => {
+                    if let Some(Link::Principal(link)) = self.links[db].as_mut() {
+                        link.next_dial = link.next_dial.min(Instant::now() + DIAL_RETRY);
+                    }
+                }
+                Command::Persist => {
+                    if let Some(Link::Principal(link)) = self.links[db].as_mut() {
+                        link.settings.safety = link.session.safety();
+                        link.settings.suspended = link.session.suspend_reason().map(str::to_string);
+                        let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
+                        if let Err(e) = link.settings.store(&dir) {
+                            eprintln!("mirrorlog: database {db}: cannot persist the mirroring settings: {e}");
+                        }
+                    }
+                }
+                Command::StateChanged { from, to } => {
+                    eprintln!("mirrorlog: database {db}: mirroring state {from} -> {to}");
+                }
+                Command::RunExposed => {
+                    eprintln!(
+                        "mirrorlog: database {db}: SAFETY FULL is running exposed: commits are answered without the mirror"
+                    );
+                }
+                Command::ReleaseCommits => {
+                    if !self.release_dbs.contains(&db) {
+                        self.release_dbs.push(db);
+                    }
+                }
+                Command::HoldLog { from } => {
+                    self.dbs[db].as_mut().expect("owned").log.set_retention_hold(Some(from));
+                }
+            }
+        }
+    }
+
+    fn run_deferred_session_commands(&mut self) {
+        while !self.deferred_session_commands.is_empty() {
+            let pending = std::mem::take(&mut self.deferred_session_commands);
+            for (db, cmds) in pending {
+                self.run_session_commands(db, cmds);
+            }
+        }
+    }
+
+    fn dial(&mut self, ring: &mut Ring, db: usize) -> Result<()> {
+        let Some(Link::Principal(link)) = self.links[db].as_mut() else { return Ok(()) };
+        let now = Instant::now();
+        if link.conn.is_some() || !link.session.wants_link() || now < link.next_dial {
+            return Ok(());
+        }
+        link.next_dial = now + DIAL_RETRY;
+        let partner = link.partner;
+        let fd = crate::io::net::tcp_socket(partner)?;
+        let id = self.next_peer_id;
+        self.next_peer_id += 1;
+        link.conn = Some(id);
+        let mut conn = PeerConn::new(fd, Some(db), Phase::Connecting, partner.to_string());
+        conn.ops = 1;
+        ring.connect(conn.fd.as_raw_fd(), partner, token(KIND_PEER_CONNECT, id))?;
+        self.peers.insert(id, conn);
+        Ok(())
+    }
+
+    fn on_peer_connect(&mut self, ring: &mut Ring, id: u64, c: Completion) -> Result<()> {
+        let Some(conn) = self.peers.get_mut(&id) else { return Ok(()) };
+        conn.ops -= 1;
+        let db = conn.db.expect("dialed");
+        if conn.closed {
+            self.reap_peer(id);
+            return Ok(());
+        }
+        if c.result < 0 {
+            let why = std::io::Error::from_raw_os_error(-c.result).to_string();
+            let peer = conn.peer.clone();
+            if let Some(Link::Principal(link)) = self.links[db].as_mut() {
+                if link.last_dial_error.as_deref() != Some(&why) {
+                    eprintln!("mirrorlog: database {db}: cannot reach the mirror at {peer}: {why}; retrying");
+                    link.last_dial_error = Some(why);
+                }
+                link.conn = None;
+            }
+            conn.closed = true;
+            self.reap_peer(id);
+            return Ok(());
+        }
+        let key = self.config.mirroring.key.clone().expect("mirroring has a key");
+        let (dialer, hello) = Dialer::start(
+            &key,
+            db_id_of(db),
+            EPOCH,
+            self.config.segment_size,
+            self.config.mirroring.log_compression,
+            handshake::random_nonce(),
+        );
+        conn.phase = Phase::Dialing(Box::new(dialer));
+        conn.out.push_back(Outgoing::Bytes(hello));
+        self.post_peer_recv(ring, id)
+    }
+
+    /// Sends log to the mirror of `db` from the files while it is behind.
+    fn pump_catch_up(&mut self, db: usize) {
+        loop {
+            let Some(Link::Principal(link)) = self.links[db].as_mut() else { return };
+            let Some(id) = link.conn else { return };
+            let Some(conn) = self.peers.get_mut(&id) else { return };
+            if !conn.ready() || conn.out.len() >= PEER_SEND_QUEUE_MAX / 2 {
+                return;
+            }
+            let database = self.dbs[db].as_ref().expect("owned");
+            let unacked = link.lsn_sent.0.saturating_sub(link.session.lsn_mirror_hardened().0);
+            if link.lsn_sent >= database.log.lsn_hardened() {
+                if !link.live && !database.log.write_in_flight() && !database.log.has_unwritten() {
+                    // At the stream's head with nothing being written: the next batch starts
+                    // here and goes out live.
+                    link.live = true;
+                    let cmds = link.session.on_event(Event::CaughtUp { live_from: link.lsn_sent });
+                    self.deferred_session_commands.push((db, cmds));
+                }
+                return;
+            }
+            if unacked >= SEND_WINDOW_BYTES {
+                return;
+            }
+            match database.log.read_hardened(link.lsn_sent, CATCH_UP_CHUNK) {
+                Ok(Some((from, to, bytes))) => {
+                    let Phase::Ready { version, compress } = conn.phase else { return };
+                    let frame =
+                        frame::encode_frame(version, FrameKind::Log, db_id_of(db), EPOCH, from, to, &bytes, compress);
+                    link.bytes_sent += frame.len() as u64;
+                    link.frames_catch_up += 1;
+                    conn.out.push_back(Outgoing::Bytes(frame));
+                    link.lsn_sent = to;
+                    link.live = false;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let reason = format!("cannot send the log the mirror needs: {e}");
+                    eprintln!("mirrorlog: database {db}: {reason}; session suspended");
+                    let cmds = link.session.on_event(Event::Suspend { reason });
+                    self.deferred_session_commands.push((db, cmds));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After the log writers submitted: ships each principal's new batch live when the mirror
+    /// is caught up to its start, and starts pending sends.
+    pub(super) fn after_submit(&mut self, ring: &mut Ring) -> Result<()> {
+        for db in 0..self.links.len() {
+            let Some(Link::Principal(link)) = self.links[db].as_mut() else { continue };
+            let database = self.dbs[db].as_mut().expect("owned");
+            for batch in database.log.take_shipped() {
+                let conn = link.conn.and_then(|id| self.peers.get_mut(&id)).filter(|c| c.ready());
+                let unacked = link.lsn_sent.0.saturating_sub(link.session.lsn_mirror_hardened().0);
+                let fits = unacked < SEND_WINDOW_BYTES;
+                match conn {
+                    Some(conn) if batch.from == link.lsn_sent && fits && conn.out.len() < PEER_SEND_QUEUE_MAX => {
+                        let Phase::Ready { version, compress } = conn.phase else { unreachable!() };
+                        let (from, to) = (batch.from, batch.to);
+                        if compress {
+                            let frame = frame::encode_frame(
+                                version,
+                                FrameKind::Log,
+                                db_id_of(db),
+                                EPOCH,
+                                from,
+                                to,
+                                batch.bytes(),
+                                true,
+                            );
+                            link.bytes_sent += frame.len() as u64;
+                            conn.out.push_back(Outgoing::Bytes(frame));
+                            database.log.recycle_shared(batch.buf);
+                        } else {
+                            let header = frame::header_for_body(
+                                version,
+                                FrameKind::Log,
+                                db_id_of(db),
+                                EPOCH,
+                                from,
+                                to,
+                                batch.bytes(),
+                            );
+                            link.bytes_sent += (header.len() + batch.bytes().len()) as u64;
+                            conn.out.push_back(Outgoing::Live { header: header.to_vec(), batch });
+                        }
+                        link.frames_live += 1;
+                        link.lsn_sent = to;
+                        if !link.live {
+                            link.live = true;
+                            let cmds = link.session.on_event(Event::CaughtUp { live_from: from });
+                            self.deferred_session_commands.push((db, cmds));
+                        }
+                    }
+                    _ => {
+                        link.live = false;
+                        database.log.recycle_shared(batch.buf);
+                    }
+                }
+            }
+        }
+        self.run_deferred_session_commands();
+        let release = std::mem::take(&mut self.release_dbs);
+        for db in release {
+            self.release_replies(ring, db)?;
+        }
+        for db in 0..self.links.len() {
+            self.dial(ring, db)?;
+        }
+        let ids: Vec<u64> =
+            self.peers.iter().filter(|(_, c)| c.sending.is_none() && !c.out.is_empty()).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.start_peer_send(ring, id)?;
+        }
+        Ok(())
+    }
+
+    fn start_peer_send(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
+        let Some(conn) = self.peers.get_mut(&id) else { return Ok(()) };
+        if conn.sending.is_some() || conn.closed {
+            return Ok(());
+        }
+        let Some(item) = conn.out.pop_front() else {
+            return Ok(());
+        };
+        conn.sending = Some(Sending { item, stage: 0, offset: 0 });
+        Self::submit_peer_send(ring, id, conn)
+    }
+
+    fn submit_peer_send(ring: &mut Ring, id: u64, conn: &mut PeerConn) -> Result<()> {
+        let sending = conn.sending.as_ref().expect("a send in progress");
+        let fd = conn.fd.as_raw_fd();
+        match (&sending.item, sending.stage) {
+            (Outgoing::Bytes(bytes), _) | (Outgoing::Live { header: bytes, .. }, 0) => {
+                let rest = &bytes[sending.offset..];
+                let mut buf = AlignedBuf::new(rest.len().max(1));
+                buf.set_len(rest.len());
+                buf.copy_from_slice(rest);
+                ring.send(fd, buf, 0, rest.len(), token(KIND_PEER_SEND, id))?;
+            }
+            (Outgoing::Live { batch, .. }, _) => {
+                let start = batch.from.since(batch.start) as usize + sending.offset;
+                let len = batch.to.since(batch.start) as usize - start;
+                ring.send_zc_shared(fd, batch.buf.clone(), start, len, token(KIND_PEER_SEND, id))?;
+            }
+        }
+        conn.ops += 1;
+        Ok(())
+    }
+
+    fn on_peer_send(&mut self, ring: &mut Ring, id: u64, mut c: Completion) -> Result<()> {
+        let Some(conn) = self.peers.get_mut(&id) else {
+            return Ok(());
+        };
+        if let Some(shared) = c.shared.take() {
+            // The kernel is done with a log buffer: give it back to its log.
+            if let Some(db) = conn.db {
+                if let Some(database) = self.dbs[db].as_mut() {
+                    database.log.recycle_shared(shared);
+                }
+            }
+        }
+        match c.kind {
+            CompletionKind::SendZcNotified { .. } => {
+                conn.ops -= 1;
+                if conn.closed {
+                    self.reap_peer(id);
+                }
+                return Ok(());
+            }
+            CompletionKind::SendZcResult => {}
+            _ => conn.ops -= 1,
+        }
+        if conn.closed {
+            conn.sending = None;
+            self.reap_peer(id);
+            return Ok(());
+        }
+        if c.result <= 0 {
+            let why = if c.result == 0 {
+                "send made no progress".into()
+            } else {
+                std::io::Error::from_raw_os_error(-c.result).to_string()
+            };
+            self.close_peer(id, &why);
+            self.reap_peer(id);
+            return Ok(());
+        }
+        let sending = conn.sending.as_mut().expect("a send in progress");
+        sending.offset += c.result as usize;
+        let stage_len = match (&sending.item, sending.stage) {
+            (Outgoing::Bytes(bytes), _) | (Outgoing::Live { header: bytes, .. }, 0) => bytes.len(),
+            (Outgoing::Live { batch, .. }, _) => batch.bytes().len(),
+        };
+        if sending.offset < stage_len {
+            return Self::submit_peer_send(ring, id, conn);
+        }
+        if matches!(sending.item, Outgoing::Live { .. }) && sending.stage == 0 {
+            sending.stage = 1;
+            sending.offset = 0;
+            return Self::submit_peer_send(ring, id, conn);
+        }
+        let done = conn.sending.take().expect("in progress");
+        if let (Outgoing::Live { batch, .. }, Some(db)) = (done.item, conn.db) {
+            if let Some(database) = self.dbs[db].as_mut() {
+                database.log.recycle_shared(batch.buf);
+            }
+        }
+        self.start_peer_send(ring, id)?;
+        self.try_migrate_peer(ring, id)
+    }
+
+    // ---- frames on a ready connection ---------------------------------------------------------
+
+    fn ready_frame(
+        &mut self,
+        id: u64,
+        db: usize,
+        header: &FrameHeader,
+        body: &[u8],
+    ) -> std::result::Result<bool, String> {
+        let now = Instant::now();
+        match (&mut self.links[db], header.kind) {
+            (Some(Link::Principal(link)), FrameKind::Ack | FrameKind::Pong) => {
+                if link.conn != Some(id) {
+                    return Ok(true);
+                }
+                let cmds = link.session.on_event(Event::Acked { lsn: header.lsn_to, now });
+                self.deferred_session_commands.push((db, cmds));
+                if link.session.lsn_mirror_hardened() > link.lsn_sent {
+                    return Err(format!("the mirror acknowledged {} beyond what was sent", header.lsn_to));
+                }
+                Ok(true)
+            }
+            (Some(Link::Mirror(link)), FrameKind::Ping) => {
+                link.last_heard = now;
+                link.principal_state = body.first().and_then(|b| match b {
+                    1 => Some(MirroringState::Synchronizing),
+                    2 => Some(MirroringState::Synchronized),
+                    _ => None,
+                });
+                link.principal_safety = body.get(1).map(|&b| if b == 1 { SafetyLevel::Full } else { SafetyLevel::Off });
+                let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
+                self.queue_control(id, db, FrameKind::Pong, hardened);
+                Ok(true)
+            }
+            (Some(Link::Mirror(link)), FrameKind::Log) => {
+                link.last_heard = now;
+                if link.conn != Some(id) {
+                    return Err("a log frame on a connection that was replaced".into());
+                }
+                self.mirror_receive(db, header, body)
+            }
+            (_, FrameKind::Refuse) => Err(format!("the partner refused: {}", String::from_utf8_lossy(body))),
+            (_, kind) => Err(format!("unexpected {kind:?} frame")),
+        }
+    }
+
+    /// Queues a small frame carrying an LSN (ACK, PONG).
+    fn queue_control(&mut self, id: u64, db: usize, kind: FrameKind, lsn: Lsn) {
+        let Some(conn) = self.peers.get_mut(&id) else { return };
+        let bytes = frame::encode_frame(conn.version(), kind, db_id_of(db), EPOCH, lsn, lsn, &[], false);
+        conn.out.push_back(Outgoing::Bytes(bytes));
+    }
+
+    // ---- mirror ------------------------------------------------------------------------------
+
+    fn mirror_accept(&mut self, id: u64, version: u16, hello: handshake::Hello) {
+        let db = hello.db_id.0.wrapping_sub(1) as usize;
+        let refuse = |reason: String| reason;
+        let result = match (self.links.get(db).and_then(|l| l.as_ref()), self.dbs.get(db).and_then(|d| d.as_ref())) {
+            (Some(Link::Mirror(_)), Some(database)) => {
+                if hello.segment_size != self.config.segment_size {
+                    Err(refuse(format!(
+                        "log segment sizes differ: the principal's are {} bytes, this mirror's {}",
+                        hello.segment_size, self.config.segment_size
+                    )))
+                } else {
+                    Ok(database.log.lsn_hardened())
+                }
+            }
+            (_, Some(_)) => Err(refuse(format!("database {db} is not a mirror here (it is not RESTORING)"))),
+            _ => Err(refuse(format!("database {db} is not served by this shard"))),
+        };
+        let Some(conn) = self.peers.get_mut(&id) else { return };
+        conn.db = Some(db);
+        match result {
+            Err(reason) => {
+                conn.out.push_back(Outgoing::Bytes(handshake::encode_refuse(version, db_id_of(db), &reason)));
+                eprintln!("mirrorlog: endpoint: refused {}: {reason}", conn.peer);
+                conn.closed = true;
+                conn.phase = Phase::Connecting;
+                // The REFUSE goes out before the socket is shut down (see `reap_peer`).
+                self.closing_after_send.push(id);
+            }
+            Ok(hardened) => {
+                let compress = hello.wants_lz4 && version >= frame::PROTOCOL_VERSION_LZ4;
+                conn.phase = Phase::Ready { version, compress };
+                let info = ReadyInfo { lsn_hardened: hardened, epoch: EPOCH, segment_size: self.config.segment_size };
+                conn.out.push_back(Outgoing::Bytes(handshake::encode_ready(version, db_id_of(db), EPOCH, &info)));
+                let peer = conn.peer.clone();
+                let Some(Link::Mirror(link)) = self.links[db].as_mut() else { unreachable!() };
+                let old = link.conn.replace(id);
+                link.last_heard = Instant::now();
+                link.stalled = false;
+                eprintln!(
+                    "mirrorlog: database {db}: the principal at {peer} connected (protocol version {version}); log hardened here to {hardened}"
+                );
+                if let Some(old) = old {
+                    self.close_peer(old, "replaced by a new connection from the principal");
+                }
+            }
+        }
+    }
+
+    /// A LOG frame on the mirror: every record verified, then appended at its own LSN.
+    fn mirror_receive(&mut self, db: usize, header: &FrameHeader, body: &[u8]) -> std::result::Result<bool, String> {
+        let database = self.dbs[db].as_mut().expect("owned");
+        let Some(Link::Mirror(link)) = self.links[db].as_mut() else { unreachable!() };
+        let db_id = db_id_of(db);
+        let mut at = 0usize;
+        let mut lsn = header.lsn_from;
+        while at < body.len() {
+            let rest = &body[at..];
+            let h = match record::check(rest, db_id, lsn) {
+                RecordCheck::Valid(h) => h,
+                other => {
+                    link.frames_rejected += 1;
+                    return Err(format!("record at {lsn} in a log frame does not verify ({other:?})"));
+                }
+            };
+            let size = record::record_size(h.body_len as usize);
+            let record_body = record::body(rest, &h);
+            // Records below the log's end arrived before (a reconnect resends from the hardened
+            // LSN); append_replica checks everything at or past it.
+            if lsn >= database.log.lsn_appended() {
+                match database.log.append_replica(lsn, h.kind, record_body) {
+                    Ok(end) => {
+                        if is_redo_kind(h.kind) {
+                            link.pending.push_back(RedoRecord {
+                                kind: h.kind,
+                                body: record_body.to_vec(),
+                                end_lsn: end,
+                            });
+                        }
+                    }
+                    Err(AppendError::Full) => {
+                        link.stalled = true;
+                        return Ok(false);
+                    }
+                    Err(e) => {
+                        link.frames_rejected += 1;
+                        return Err(format!("cannot append the principal's record: {}", Error::from(e)));
+                    }
+                }
+            }
+            at += size;
+            lsn = lsn.advance(size as u64);
+        }
+        if lsn != header.lsn_to {
+            link.frames_rejected += 1;
+            return Err(format!("a log frame says it ends at {} but its records end at {lsn}", header.lsn_to));
+        }
+        link.frames_received += 1;
+        link.stalled = false;
+        Ok(true)
+    }
+
+    /// After a log write of `db` completed: a mirror acknowledges and dispatches redo; a
+    /// principal sends more of a catch-up.
+    pub(super) fn peer_log_progress(&mut self, ring: &mut Ring, db: usize) -> Result<()> {
+        match self.links[db].as_mut() {
+            Some(Link::Mirror(link)) => {
+                let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
+                let conn = link.conn;
+                let stalled = link.stalled;
+                if hardened > link.lsn_acked {
+                    link.lsn_acked = hardened;
+                    if let Some(id) = conn {
+                        self.queue_control(id, db, FrameKind::Ack, hardened);
+                    }
+                }
+                self.mirror_dispatch(db);
+                if let (true, Some(id)) = (stalled, conn) {
+                    self.process_peer_input(id);
+                    self.post_peer_recv(ring, id)?;
+                }
+            }
+            Some(Link::Principal(_)) => self.pump_catch_up(db),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Hands whole hardened transactions to the redo pipeline.
+    fn mirror_dispatch(&mut self, db: usize) {
+        let database = self.dbs[db].as_mut().expect("owned");
+        let hardened = database.log.lsn_hardened();
+        let Some(Link::Mirror(link)) = self.links[db].as_mut() else { return };
+        let Some(pipeline) = link.pipeline.as_mut() else { return };
+        let mut failure = None;
+        while let Some(front) = link.pending.front() {
+            if front.end_lsn > hardened {
+                break;
+            }
+            match front.kind {
+                redo::PAGE_IMAGE | redo::PAGE_DIFF => {
+                    let record = link.pending.pop_front().expect("front");
+                    link.tx.push(record);
+                }
+                redo::TX_ABORT => {
+                    link.pending.pop_front();
+                    link.tx.clear();
+                }
+                redo::TX_COMMIT => match pipeline.try_dispatch(&mut link.tx) {
+                    Ok(true) => {
+                        link.tx.clear();
+                        let commit = link.pending.pop_front().expect("front");
+                        link.lsn_dispatched = commit.end_lsn;
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                },
+                redo::CHECKPOINT => {
+                    let redo_lsn = front.body.get(..8).map(|b| Lsn(u64::from_le_bytes(b.try_into().expect("8 bytes"))));
+                    match redo_lsn.map(|lsn| pipeline.try_begin_checkpoint(lsn)) {
+                        Some(Ok(true)) | None => {
+                            link.pending.pop_front();
+                        }
+                        Some(Ok(false)) => break,
+                        Some(Err(e)) => {
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    link.pending.pop_front();
+                }
+            }
+        }
+        if failure.is_none() && link.lsn_dispatched > link.lsn_marked {
+            match pipeline.try_mark(link.lsn_dispatched) {
+                Ok(true) => link.lsn_marked = link.lsn_dispatched,
+                Ok(false) => {}
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        if let Some(f) = failure.or_else(|| pipeline.failure()) {
+            if link.failure.is_none() {
+                eprintln!(
+                    "mirrorlog: database {db}: redo failed: {f}; the mirror stops redoing (its log is still hardened)"
+                );
+                link.failure = Some(f);
+            }
+        }
+    }
+
+    /// The timer: session ticks, dials, pings, retention, the mirror's checkpoints.
+    pub(super) fn peer_timer(&mut self) -> Result<()> {
+        let now = Instant::now();
+        for db in 0..self.links.len() {
+            match self.links[db].as_mut() {
+                Some(Link::Principal(link)) => {
+                    let cmds = link.session.on_event(Event::Tick { now });
+                    self.deferred_session_commands.push((db, cmds));
+                    self.check_retention(db);
+                    self.run_deferred_session_commands();
+                    self.ping(db, now);
+                    self.pump_catch_up(db);
+                }
+                Some(Link::Mirror(link)) => {
+                    if let Some(id) = link.conn {
+                        if now.saturating_duration_since(link.last_heard) >= self.config.mirroring.partner_timeout {
+                            link.conn = None;
+                            link.principal_state = None;
+                            self.close_peer(id, "the principal was silent for the partner timeout");
+                        }
+                    }
+                    self.mirror_dispatch(db);
+                    self.mirror_checkpoint(db);
+                }
+                None => {}
+            }
+        }
+        self.run_deferred_session_commands();
+        Ok(())
+    }
+
+    fn ping(&mut self, db: usize, now: Instant) {
+        let Some(Link::Principal(link)) = self.links[db].as_mut() else { return };
+        let interval = (link.session.partner_timeout() / 4).min(Duration::from_secs(1));
+        let Some(id) = link.conn else { return };
+        if now.saturating_duration_since(link.last_ping) < interval {
+            return;
+        }
+        let Some(conn) = self.peers.get_mut(&id).filter(|c| c.ready()) else { return };
+        link.last_ping = now;
+        let state = match link.session.state() {
+            MirroringState::Synchronizing => 1,
+            MirroringState::Synchronized => 2,
+            _ => 0,
+        };
+        let safety = (link.session.safety() == SafetyLevel::Full) as u8;
+        let lsn = link.lsn_sent;
+        let bytes = frame::encode_frame(
+            conn.version(),
+            FrameKind::Ping,
+            db_id_of(db),
+            EPOCH,
+            lsn,
+            lsn,
+            &[state, safety],
+            false,
+        );
+        conn.out.push_back(Outgoing::Bytes(bytes));
+    }
+
+    fn check_retention(&mut self, db: usize) {
+        let database = self.dbs[db].as_mut().expect("owned");
+        let Some(Link::Principal(link)) = self.links[db].as_mut() else { return };
+        let max = self.config.mirroring.max_log_retention;
+        if database.log.retained_bytes() <= max {
+            return;
+        }
+        let reason = format!(
+            "the mirror needs more log than --max-log-retention ({max} bytes) allows; the log is released and the mirror must be restored"
+        );
+        if link.session.state() != MirroringState::Suspended {
+            eprintln!("mirrorlog: database {db}: {reason}; session suspended");
+            let cmds = link.session.on_event(Event::Suspend { reason });
+            self.deferred_session_commands.push((db, cmds));
+        }
+        database.log.set_retention_hold(None);
+    }
+
+    fn mirror_checkpoint(&mut self, db: usize) {
+        let Some(Link::Mirror(link)) = self.links[db].as_mut() else { return };
+        let Some(pipeline) = link.pipeline.as_mut() else { return };
+        match pipeline.checkpoint_complete() {
+            Ok(Some(lsn)) => {
+                if let Err(e) = self.dbs[db].as_mut().expect("owned").record_mirror_checkpoint(lsn) {
+                    eprintln!("mirrorlog: database {db}: mirror checkpoint at {lsn} not recorded: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if link.failure.is_none() {
+                    eprintln!("mirrorlog: database {db}: mirror checkpoint failed: {e}");
+                    link.failure = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    // ---- closing -----------------------------------------------------------------------------
+
+    /// Sends a REFUSE with the reason, logs it and closes the connection; the server stays up.
+    fn refuse_peer(&mut self, id: u64, reason: &str) {
+        let Some(conn) = self.peers.get_mut(&id) else { return };
+        let version = conn.version();
+        let db = conn.db.map(db_id_of).unwrap_or(DbId(0));
+        if !matches!(conn.phase, Phase::Dialing(_)) {
+            conn.out.push_back(Outgoing::Bytes(handshake::encode_refuse(version, db, reason)));
+        }
+        self.closing_after_send.push(id);
+        self.close_peer(id, reason);
+    }
+
+    /// Closes a connection (idempotent): its link forgets it, the socket is shut down so that
+    /// operations in flight complete, and it is dropped once none is left.
+    fn close_peer(&mut self, id: u64, reason: &str) {
+        let Some(conn) = self.peers.get_mut(&id) else { return };
+        if conn.closed && !self.closing_after_send.contains(&id) {
+            return;
+        }
+        let was_closed = conn.closed;
+        conn.closed = true;
+        let peer = conn.peer.clone();
+        let db = conn.db;
+        if !was_closed {
+            eprintln!("mirrorlog: endpoint: connection with {peer} closed: {reason}");
+        }
+        if let Some(db) = db {
+            match self.links[db].as_mut() {
+                Some(Link::Principal(link)) if link.conn == Some(id) => {
+                    link.conn = None;
+                    link.live = false;
+                    let cmds = link.session.on_event(Event::Disconnected { now: Instant::now() });
+                    self.deferred_session_commands.push((db, cmds));
+                }
+                Some(Link::Mirror(link)) if link.conn == Some(id) => {
+                    link.conn = None;
+                    link.principal_state = None;
+                }
+                _ => {}
+            }
+        }
+        let conn = self.peers.get_mut(&id).expect("present");
+        if !self.closing_after_send.contains(&id) || (conn.sending.is_none() && conn.out.is_empty()) {
+            // SAFETY: shutdown(2) on a descriptor we own; it makes pending operations complete.
+            unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        self.reap_peer(id);
+    }
+
+    /// Drops a closed connection once nothing is in flight on it.
+    fn reap_peer(&mut self, id: u64) {
+        let Some(conn) = self.peers.get_mut(&id) else { return };
+        if !conn.closed {
+            return;
+        }
+        if self.closing_after_send.contains(&id) && (conn.sending.is_some() || !conn.out.is_empty()) {
+            return; // the REFUSE still goes out
+        }
+        if self.closing_after_send.contains(&id) {
+            self.closing_after_send.retain(|&c| c != id);
+            // SAFETY: shutdown(2) on a descriptor we own.
+            unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        if conn.ops > 0 {
+            return;
+        }
+        let conn = self.peers.remove(&id).expect("present");
+        self.pending_peer_hello.remove(&id);
+        if let (Some(Sending { item: Outgoing::Live { batch, .. }, .. }), Some(db)) = (conn.sending, conn.db) {
+            if let Some(database) = self.dbs[db].as_mut() {
+                database.log.recycle_shared(batch.buf);
+            }
+        }
+        for item in conn.out {
+            if let (Outgoing::Live { batch, .. }, Some(db)) = (item, conn.db) {
+                if let Some(database) = self.dbs[db].as_mut() {
+                    database.log.recycle_shared(batch.buf);
+                }
+            }
+        }
+    }
+
+    /// At a clean stop: mirrors stop their redo pipelines (dirty pages written and synced).
+    pub(super) fn stop_links(&mut self) {
+        for (db, link) in self.links.iter_mut().enumerate() {
+            if let Some(Link::Mirror(link)) = link {
+                if let Some(pipeline) = link.pipeline.take() {
+                    if let Err(e) = pipeline.stop() {
+                        eprintln!("mirrorlog: database {db}: stopping redo: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a mirror database's redo has caught up with its hardened log (clean stops wait
+    /// for it briefly).
+    pub(super) fn redo_caught_up(&self) -> bool {
+        self.links.iter().enumerate().all(|(db, link)| match link {
+            Some(Link::Mirror(link)) => {
+                link.failure.is_some()
+                    || link.pipeline.as_ref().is_none_or(|p| p.lsn_redone() >= link.lsn_dispatched)
+                    || self.dbs[db].is_none()
+            }
+            _ => true,
+        })
+    }
+
+    // ---- status and administration -------------------------------------------------------------
+
+    /// `MIRROR STATUS` of database `db`: `name:value` lines.
+    pub(super) fn mirror_status(&self, db: usize) -> String {
+        let database = self.dbs[db].as_ref().expect("owned");
+        let mut out = String::new();
+        let mut line = |name: &str, value: String| {
+            out.push_str(name);
+            out.push(':');
+            out.push_str(&value);
+            out.push_str("\r\n");
+        };
+        line("database", db.to_string());
+        line("lsn_appended", database.log.lsn_appended().0.to_string());
+        line("lsn_hardened", database.log.lsn_hardened().0.to_string());
+        line("role_sequence", EPOCH.0.to_string());
+        match &self.links[db] {
+            None => {
+                line("role", "none".into());
+                line("state", "NONE".into());
+            }
+            Some(Link::Principal(link)) => {
+                let s = &link.session;
+                line("role", "principal".into());
+                line("state", s.state().to_string());
+                line("safety", s.safety().to_string());
+                line("partner", link.settings.partner.clone());
+                line("partner_timeout_ms", s.partner_timeout().as_millis().to_string());
+                line(
+                    "connected",
+                    (link.conn.is_some_and(|id| self.peers.get(&id).is_some_and(|c| c.ready())) as u8).to_string(),
+                );
+                line("exposed", (s.is_exposed() as u8).to_string());
+                line("mirror_lsn_hardened", s.lsn_mirror_hardened().0.to_string());
+                line("lsn_sent", link.lsn_sent.0.to_string());
+                line(
+                    "send_queue_bytes",
+                    database.log.lsn_hardened().0.saturating_sub(s.lsn_mirror_hardened().0).to_string(),
+                );
+                line("unsent_bytes", database.log.lsn_hardened().0.saturating_sub(link.lsn_sent.0).to_string());
+                line("frames_live", link.frames_live.to_string());
+                line("frames_catch_up", link.frames_catch_up.to_string());
+                line("bytes_sent", link.bytes_sent.to_string());
+                line("log_retained_bytes", database.log.retained_bytes().to_string());
+                line("suspended_reason", s.suspend_reason().unwrap_or("").to_string());
+                line("commit_lsn", s.commit_lsn(database.log.lsn_hardened()).0.to_string());
+            }
+            Some(Link::Mirror(link)) => {
+                let redone = link.pipeline.as_ref().map(|p| p.lsn_redone()).unwrap_or(Lsn::ZERO);
+                let state = match (link.conn, link.principal_state) {
+                    (None, _) => MirroringState::Disconnected,
+                    (Some(_), Some(state)) => state,
+                    (Some(_), None) => MirroringState::Synchronizing,
+                };
+                line("role", "mirror".into());
+                line("state", state.to_string());
+                line("safety", link.principal_safety.unwrap_or(link.settings.safety).to_string());
+                line("partner", link.settings.partner.clone());
+                line("connected", (link.conn.is_some() as u8).to_string());
+                line("exposed", "0".into());
+                line("database_state", "RESTORING".into());
+                line("lsn_redone", redone.0.to_string());
+                line("lsn_dispatched", link.lsn_dispatched.0.to_string());
+                line("redo_queue_bytes", database.log.lsn_hardened().0.saturating_sub(redone.0).to_string());
+                line(
+                    "redo_queue_pipeline_bytes",
+                    link.pipeline.as_ref().map(|p| p.queued_bytes()).unwrap_or(0).to_string(),
+                );
+                line("frames_received", link.frames_received.to_string());
+                line("frames_rejected", link.frames_rejected.to_string());
+                line("redo_failure", link.failure.clone().unwrap_or_default());
+                line("checkpoint_lsn", database.checkpoint_lsn().0.to_string());
+            }
+        }
+        out
+    }
+
+    /// `MIRROR …` on database `db`.
+    pub(super) fn mirror_command(&mut self, db: usize, args: &[Vec<u8>]) -> Result<Reply> {
+        let words: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_uppercase()).collect();
+        let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+        let reply = match (word(1), word(2)) {
+            ("STATUS", "") => Reply::Bulk(self.mirror_status(db).into_bytes()),
+            ("SET", "PARTNER") if args.len() == 4 => {
+                let partner = String::from_utf8_lossy(&args[3]).to_string();
+                self.set_partner(db, partner)?
+            }
+            ("SET", "SAFETY") if args.len() == 4 => match SafetyLevel::parse(word(3)) {
+                None => Reply::error("ERR MIRROR SET SAFETY takes FULL or OFF"),
+                Some(safety) => match self.links[db].as_mut() {
+                    Some(Link::Principal(link)) => {
+                        let cmds = link.session.on_event(Event::SetSafety(safety));
+                        self.run_session_commands(db, cmds);
+                        Reply::ok()
+                    }
+                    _ => Reply::error("ERR the safety level is set on the principal"),
+                },
+            },
+            ("SUSPEND", "") | ("RESUME", "") => match self.links[db].as_mut() {
+                Some(Link::Principal(link)) => {
+                    let event = if word(1) == "SUSPEND" {
+                        Event::Suspend { reason: "by an administrator (MIRROR SUSPEND)".into() }
+                    } else {
+                        Event::Resume
+                    };
+                    let cmds = link.session.on_event(event);
+                    self.run_session_commands(db, cmds);
+                    Reply::ok()
+                }
+                _ => Reply::error("ERR SUSPEND and RESUME are given on the principal"),
+            },
+            ("OFF", "") => self.mirroring_off(db)?,
+            _ => Reply::error(
+                "ERR usage: MIRROR STATUS | SET PARTNER tcp://HOST:PORT | SET SAFETY FULL|OFF | SUSPEND | RESUME | OFF",
+            ),
+        };
+        Ok(reply)
+    }
+
+    fn set_partner(&mut self, db: usize, partner: String) -> Result<Reply> {
+        if self.config.mirroring.key.is_none() {
+            return Ok(Reply::error("ERR mirroring needs the server started with --endpoint-key-file"));
+        }
+        if let Err(e) = settings::parse_partner(&partner) {
+            return Ok(Reply::error(format!("ERR {e}")));
+        }
+        let database = self.dbs[db].as_ref().expect("owned");
+        let dir = database.dir().to_path_buf();
+        match self.links[db].as_mut() {
+            Some(Link::Mirror(link)) => {
+                link.settings.partner = partner;
+                link.settings.store(&dir)?;
+                return Ok(Reply::ok());
+            }
+            Some(Link::Principal(_)) => {
+                return Ok(Reply::error("ERR this database is already mirrored; MIRROR OFF first"));
+            }
+            None => {}
+        }
+        if database.is_restoring() {
+            return Ok(Reply::error("ERR a RESTORING database without mirroring settings cannot be set up here"));
+        }
+        let settings =
+            MirroringSettings { role: Role::Principal, partner, safety: self.config.mirroring.safety, suspended: None };
+        settings.store(&dir)?;
+        let link = self.principal_link(db, settings)?;
+        self.links[db] = Some(link);
+        Ok(Reply::ok())
+    }
+
+    fn mirroring_off(&mut self, db: usize) -> Result<Reply> {
+        let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
+        match self.links[db].take() {
+            Some(Link::Principal(link)) => {
+                MirroringSettings::remove(&dir)?;
+                if let Some(id) = link.conn {
+                    self.close_peer(id, "mirroring removed (MIRROR OFF)");
+                }
+                let database = self.dbs[db].as_mut().expect("owned");
+                database.log.set_shipping(false);
+                database.log.set_retention_hold(None);
+                database.log_checkpoint_records = false;
+                eprintln!("mirrorlog: database {db}: mirroring removed");
+                self.release_dbs.push(db);
+                Ok(Reply::ok())
+            }
+            Some(Link::Mirror(link)) => {
+                // The copy stays RESTORING (and keeps its settings): recovering it into a
+                // database of its own is a restore step, not this command.
+                let conn = link.conn;
+                self.links[db] = Some(Link::Mirror(link));
+                if let Some(id) = conn {
+                    self.close_peer(id, "mirroring removed on the mirror (MIRROR OFF)");
+                }
+                Ok(Reply::ok())
+            }
+            None => Ok(Reply::error("ERR this database is not mirrored")),
+        }
+    }
+
+    /// Whether clients may not use database `db` (a mirror copy).
+    pub(super) fn refuses_clients(&self, db: usize) -> bool {
+        self.dbs[db].as_ref().is_some_and(|d| d.is_restoring())
+    }
+}
+
+fn is_redo_kind(kind: RecordKind) -> bool {
+    matches!(kind, redo::PAGE_IMAGE | redo::PAGE_DIFF | redo::TX_COMMIT | redo::TX_ABORT | redo::CHECKPOINT)
+}
