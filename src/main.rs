@@ -332,8 +332,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let data = config.data_dir.display().to_string();
     let databases = config.databases;
-    mirrorlog::server::run(config, stop, move |addr| {
+    mirrorlog::server::run(config, stop, move |addr, endpoint| {
         println!("mirrorlog: serving {databases} database(s) from {data} on {addr}");
+        if let Some(endpoint) = endpoint {
+            println!("mirrorlog: mirroring endpoint listening on {endpoint}");
+        }
         use std::io::Write;
         std::io::stdout().flush().ok();
     })?;

@@ -84,7 +84,7 @@ pub const CACHE_PAGES_PER_DB_MIN: usize =
 pub fn run(
     config: ServerConfig,
     stop: Arc<AtomicBool>,
-    on_ready: impl FnOnce(SocketAddr) + Send + 'static,
+    on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>) + Send + 'static,
 ) -> Result<()> {
     if config.databases == 0 || config.databases > 1024 {
         return Err(Error::Config("--databases must be between 1 and 1024".into()));
@@ -112,6 +112,10 @@ pub fn run(
             crate::io::net::listen(config.mirroring.endpoint)
                 .map_err(|e| Error::Config(format!("mirroring endpoint {}: {e}", config.mirroring.endpoint)))?,
         ),
+        None => None,
+    };
+    let endpoint_addr = match &endpoint {
+        Some(fd) => Some(crate::io::net::local_addr(fd.as_raw_fd())?),
         None => None,
     };
     let shards = match config.shards {
@@ -171,7 +175,7 @@ pub fn run(
         cond.notify_all();
     }
     if first_error.is_none() {
-        on_ready(addr);
+        on_ready(addr, endpoint_addr);
     }
     let mut result = Ok(());
     for handle in handles {

@@ -151,8 +151,6 @@ pub struct ServerShard {
     deferred_session_commands: Vec<(usize, Vec<crate::mirroring::session::Command>)>,
     /// Databases whose held replies may have become sendable.
     release_dbs: Vec<usize>,
-    /// Connections that close once their queued frames (a REFUSE) are sent.
-    closing_after_send: Vec<u64>,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
@@ -205,7 +203,6 @@ impl ServerShard {
             pending_peer_hello: HashMap::new(),
             deferred_session_commands: Vec::new(),
             release_dbs: Vec::new(),
-            closing_after_send: Vec::new(),
         }
     }
 

@@ -13,6 +13,12 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub data: PathBuf,
+    /// The mirroring endpoint, when the server was started with a key.
+    pub endpoint: Option<SocketAddr>,
+}
+
+fn last_word_addr(line: &str) -> SocketAddr {
+    line.trim().rsplit(' ').next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 impl ServerProcess {
@@ -37,15 +43,25 @@ impl ServerProcess {
             .spawn()
             .expect("start mirrorlog serve");
         let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("server start-up line");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Self { child, addr, data: data.to_path_buf() }
+        reader.read_line(&mut line).expect("server start-up line");
+        let addr = last_word_addr(&line);
+        let endpoint = if extra.contains(&"--endpoint-key-file") {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("endpoint line");
+            Some(last_word_addr(&line))
+        } else {
+            None
+        };
+        // Keep reading (and discarding) so the server never writes into a closed pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        Self { child, addr, data: data.to_path_buf(), endpoint }
     }
 
     pub fn client(&self) -> Client {

@@ -107,6 +107,9 @@ pub(super) struct PeerConn {
     /// Operations in flight on the socket (the connection is dropped only at zero).
     ops: usize,
     closed: bool,
+    /// Closed, but what is queued (a REFUSE) is still sent before the socket is shut down.
+    linger: bool,
+    shut_down: bool,
     migrate_to: Option<usize>,
     peer: String,
 }
@@ -123,6 +126,8 @@ impl PeerConn {
             sending: None,
             ops: 0,
             closed: false,
+            linger: false,
+            shut_down: false,
             migrate_to: None,
             peer,
         }
@@ -801,7 +806,7 @@ impl ServerShard {
 
     fn start_peer_send(&mut self, ring: &mut Ring, id: u64) -> Result<()> {
         let Some(conn) = self.peers.get_mut(&id) else { return Ok(()) };
-        if conn.sending.is_some() || conn.closed {
+        if conn.sending.is_some() || (conn.closed && !conn.linger) {
             return Ok(());
         }
         let Some(item) = conn.out.pop_front() else {
@@ -855,12 +860,12 @@ impl ServerShard {
             CompletionKind::SendZcResult => {}
             _ => conn.ops -= 1,
         }
-        if conn.closed {
-            conn.sending = None;
+        if conn.closed && !conn.linger {
             self.reap_peer(id);
             return Ok(());
         }
         if c.result <= 0 {
+            conn.linger = false;
             let why = if c.result == 0 {
                 "send made no progress".into()
             } else {
@@ -891,6 +896,7 @@ impl ServerShard {
             }
         }
         self.start_peer_send(ring, id)?;
+        self.reap_peer(id);
         self.try_migrate_peer(ring, id)
     }
 
@@ -971,11 +977,8 @@ impl ServerShard {
         match result {
             Err(reason) => {
                 conn.out.push_back(Outgoing::Bytes(handshake::encode_refuse(version, db_id_of(db), &reason)));
-                eprintln!("mirrorlog: endpoint: refused {}: {reason}", conn.peer);
-                conn.closed = true;
                 conn.phase = Phase::Connecting;
-                // The REFUSE goes out before the socket is shut down (see `reap_peer`).
-                self.closing_after_send.push(id);
+                self.close_peer_lingering(id, &format!("refused: {reason}"), true);
             }
             Ok(hardened) => {
                 let compress = hello.wants_lz4 && version >= frame::PROTOCOL_VERSION_LZ4;
@@ -1009,7 +1012,6 @@ impl ServerShard {
             let h = match record::check(rest, db_id, lsn) {
                 RecordCheck::Valid(h) => h,
                 other => {
-                    link.frames_rejected += 1;
                     return Err(format!("record at {lsn} in a log frame does not verify ({other:?})"));
                 }
             };
@@ -1033,7 +1035,6 @@ impl ServerShard {
                         return Ok(false);
                     }
                     Err(e) => {
-                        link.frames_rejected += 1;
                         return Err(format!("cannot append the principal's record: {}", Error::from(e)));
                     }
                 }
@@ -1042,7 +1043,6 @@ impl ServerShard {
             lsn = lsn.advance(size as u64);
         }
         if lsn != header.lsn_to {
-            link.frames_rejected += 1;
             return Err(format!("a log frame says it ends at {} but its records end at {lsn}", header.lsn_to));
         }
         link.frames_received += 1;
@@ -1247,62 +1247,70 @@ impl ServerShard {
         let Some(conn) = self.peers.get_mut(&id) else { return };
         let version = conn.version();
         let db = conn.db.map(db_id_of).unwrap_or(DbId(0));
-        if !matches!(conn.phase, Phase::Dialing(_)) {
+        let already_queued = conn.out.iter().any(|o| matches!(o, Outgoing::Bytes(b) if is_refuse(b)));
+        if !matches!(conn.phase, Phase::Dialing(_)) && !already_queued {
             conn.out.push_back(Outgoing::Bytes(handshake::encode_refuse(version, db, reason)));
         }
-        self.closing_after_send.push(id);
-        self.close_peer(id, reason);
+        if let Some(db) = conn.db {
+            if let Some(Link::Mirror(link)) = self.links[db].as_mut() {
+                if link.conn == Some(id) {
+                    link.frames_rejected += 1;
+                }
+            }
+        }
+        self.close_peer_lingering(id, reason, true);
     }
 
-    /// Closes a connection (idempotent): its link forgets it, the socket is shut down so that
-    /// operations in flight complete, and it is dropped once none is left.
+    /// Closes a connection at once (idempotent).
     fn close_peer(&mut self, id: u64, reason: &str) {
+        self.close_peer_lingering(id, reason, false);
+    }
+
+    /// Closes a connection: its link forgets it and it is logged. With `linger`, what is queued
+    /// (a REFUSE) is sent first; then the socket is shut down so that operations in flight
+    /// complete, and the connection is dropped once none is left.
+    fn close_peer_lingering(&mut self, id: u64, reason: &str, linger: bool) {
         let Some(conn) = self.peers.get_mut(&id) else { return };
-        if conn.closed && !self.closing_after_send.contains(&id) {
-            return;
-        }
         let was_closed = conn.closed;
         conn.closed = true;
+        conn.linger = if was_closed { conn.linger && linger } else { linger };
         let peer = conn.peer.clone();
         let db = conn.db;
         if !was_closed {
             eprintln!("mirrorlog: endpoint: connection with {peer} closed: {reason}");
-        }
-        if let Some(db) = db {
-            match self.links[db].as_mut() {
-                Some(Link::Principal(link)) if link.conn == Some(id) => {
-                    link.conn = None;
-                    link.live = false;
-                    let cmds = link.session.on_event(Event::Disconnected { now: Instant::now() });
-                    self.deferred_session_commands.push((db, cmds));
+            if let Some(db) = db {
+                match self.links[db].as_mut() {
+                    Some(Link::Principal(link)) if link.conn == Some(id) => {
+                        link.conn = None;
+                        link.live = false;
+                        let cmds = link.session.on_event(Event::Disconnected { now: Instant::now() });
+                        self.deferred_session_commands.push((db, cmds));
+                    }
+                    Some(Link::Mirror(link)) if link.conn == Some(id) => {
+                        link.conn = None;
+                        link.principal_state = None;
+                    }
+                    _ => {}
                 }
-                Some(Link::Mirror(link)) if link.conn == Some(id) => {
-                    link.conn = None;
-                    link.principal_state = None;
-                }
-                _ => {}
             }
-        }
-        let conn = self.peers.get_mut(&id).expect("present");
-        if !self.closing_after_send.contains(&id) || (conn.sending.is_none() && conn.out.is_empty()) {
-            // SAFETY: shutdown(2) on a descriptor we own; it makes pending operations complete.
-            unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
         self.reap_peer(id);
     }
 
-    /// Drops a closed connection once nothing is in flight on it.
+    /// Shuts a closed connection down once its lingering output is sent, and drops it once no
+    /// operation is in flight on it.
     fn reap_peer(&mut self, id: u64) {
         let Some(conn) = self.peers.get_mut(&id) else { return };
         if !conn.closed {
             return;
         }
-        if self.closing_after_send.contains(&id) && (conn.sending.is_some() || !conn.out.is_empty()) {
-            return; // the REFUSE still goes out
+        let output_left = conn.sending.is_some() || !conn.out.is_empty();
+        if conn.linger && output_left {
+            return; // sent first; `on_peer_send` comes back here
         }
-        if self.closing_after_send.contains(&id) {
-            self.closing_after_send.retain(|&c| c != id);
-            // SAFETY: shutdown(2) on a descriptor we own.
+        if !conn.shut_down {
+            conn.shut_down = true;
+            // SAFETY: shutdown(2) on a descriptor we own; operations in flight on it complete.
             unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
         if conn.ops > 0 {
@@ -1310,12 +1318,8 @@ impl ServerShard {
         }
         let conn = self.peers.remove(&id).expect("present");
         self.pending_peer_hello.remove(&id);
-        if let (Some(Sending { item: Outgoing::Live { batch, .. }, .. }), Some(db)) = (conn.sending, conn.db) {
-            if let Some(database) = self.dbs[db].as_mut() {
-                database.log.recycle_shared(batch.buf);
-            }
-        }
-        for item in conn.out {
+        let items = conn.sending.map(|s| s.item).into_iter().chain(conn.out);
+        for item in items {
             if let (Outgoing::Live { batch, .. }, Some(db)) = (item, conn.db) {
                 if let Some(database) = self.dbs[db].as_mut() {
                     database.log.recycle_shared(batch.buf);
@@ -1534,6 +1538,11 @@ impl ServerShard {
     pub(super) fn refuses_clients(&self, db: usize) -> bool {
         self.dbs[db].as_ref().is_some_and(|d| d.is_restoring())
     }
+}
+
+/// Whether encoded frame bytes are a REFUSE.
+fn is_refuse(bytes: &[u8]) -> bool {
+    bytes.get(10) == Some(&(FrameKind::Refuse as u8))
 }
 
 fn is_redo_kind(kind: RecordKind) -> bool {

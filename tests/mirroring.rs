@@ -1,0 +1,599 @@
+//! Database mirroring with real processes on loopback: a principal and a mirror, each a
+//! `mirrorlog serve`. Every test checks every acknowledged write afterwards, and the page digests
+//! of the two copies (`inspect pages`) after both stopped.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::server::{inspect_pages, ServerProcess};
+use mirrorlog::client::{Client, Value};
+
+struct Pair {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    principal: Option<ServerProcess>,
+    mirror: Option<ServerProcess>,
+    /// Where the principal dials (the mirror's endpoint, or a proxy in front of it).
+    partner: SocketAddr,
+    principal_args: Vec<String>,
+    mirror_args: Vec<String>,
+}
+
+fn status(server: &ServerProcess, db: usize) -> BTreeMap<String, String> {
+    let mut c = server.client();
+    if db != 0 {
+        c.command(&[b"SELECT", db.to_string().as_bytes()]).unwrap();
+    }
+    let v = c.command(&[b"MIRROR", b"STATUS"]).unwrap();
+    let text = String::from_utf8_lossy(v.as_bytes().expect("MIRROR STATUS is a bulk string")).into_owned();
+    text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Pair {
+    /// A mirror (RESTORING) and a principal mirroring both databases to it.
+    fn start(principal_extra: &[&str], mirror_extra: &[&str]) -> Pair {
+        let dir = common::scratch();
+        let key = dir.path().join("endpoint.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let mut pair = Pair {
+            key,
+            principal: None,
+            mirror: None,
+            partner: "127.0.0.1:1".parse().unwrap(),
+            principal_args: principal_extra.iter().map(|s| s.to_string()).collect(),
+            mirror_args: mirror_extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        pair.start_mirror(None);
+        pair.partner = pair.mirror().endpoint.unwrap();
+        pair.start_principal();
+        pair
+    }
+
+    fn mirror(&self) -> &ServerProcess {
+        self.mirror.as_ref().expect("mirror running")
+    }
+
+    fn principal(&self) -> &ServerProcess {
+        self.principal.as_ref().expect("principal running")
+    }
+
+    fn start_mirror(&mut self, endpoint: Option<SocketAddr>) {
+        let endpoint = endpoint.map(|e| e.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
+        let key = self.key.to_str().unwrap().to_string();
+        let mut args: Vec<&str> = vec!["--restoring", "--endpoint", &endpoint, "--endpoint-key-file", &key];
+        args.extend(self.mirror_args.iter().map(String::as_str));
+        self.mirror = Some(ServerProcess::start(&self.dir.path().join("mirror"), &args));
+    }
+
+    fn start_principal(&mut self) {
+        let partner = format!("tcp://{}", self.partner);
+        let key = self.key.to_str().unwrap().to_string();
+        let mut args: Vec<&str> = vec!["--endpoint", "127.0.0.1:0", "--endpoint-key-file", &key, "--partner", &partner];
+        args.extend(self.principal_args.iter().map(String::as_str));
+        self.principal = Some(ServerProcess::start(&self.dir.path().join("principal"), &args));
+    }
+
+    fn wait_state(&self, db: usize, state: &str) {
+        wait_for(&format!("database {db} {state}"), Duration::from_secs(30), || {
+            status(self.principal(), db).get("state").map(String::as_str) == Some(state)
+        });
+    }
+
+    /// Both copies hold the same pages: the mirror redid everything, then both stop cleanly.
+    fn stop_and_compare(mut self) {
+        let p = status(self.principal(), 0);
+        let hardened: u64 = p["lsn_hardened"].parse().unwrap();
+        wait_for("the mirror to harden and redo everything", Duration::from_secs(30), || {
+            let m = status(self.mirror(), 0);
+            m["lsn_hardened"].parse::<u64>().unwrap() >= hardened && m["lsn_redone"] == m["lsn_hardened"]
+        });
+        assert!(self.principal.take().unwrap().stop(), "principal stops cleanly");
+        assert!(self.mirror.take().unwrap().stop(), "mirror stops cleanly");
+        let (pc, principal) = inspect_pages(&self.dir.path().join("principal"));
+        let (mc, mirror) = inspect_pages(&self.dir.path().join("mirror"));
+        assert_eq!(pc, Some(0), "{principal}");
+        assert_eq!(mc, Some(0), "{mirror}");
+        assert_eq!(digests(&principal), digests(&mirror), "principal:\n{principal}\nmirror:\n{mirror}");
+    }
+}
+
+/// `dbN: … N keys; digest X` per database, without the directory names.
+fn digests(report: &str) -> Vec<String> {
+    report
+        .lines()
+        .filter_map(|l| l.split_once("pages valid").map(|_| l))
+        .filter_map(|l| {
+            l.rsplit_once(": ").map(|(head, tail)| (head.rsplit('/').next().unwrap_or("").to_string(), tail))
+        })
+        .filter_map(|(db, tail)| tail.split_once(" bad; ").map(|(_, keys)| format!("{db} {keys}")))
+        .collect()
+}
+
+fn set(c: &mut Client, key: &str, value: &[u8]) -> bool {
+    matches!(c.command(&[b"SET", key.as_bytes(), value]), Ok(Value::Simple(s)) if s == "OK")
+}
+
+/// Writers on both databases record every acknowledged value; `check` reads them back.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<(usize, String), Vec<u8>>>>,
+    count: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, writers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let count = Arc::new(AtomicU64::new(0));
+        let threads = (0..writers)
+            .map(|w| {
+                let (stop, acked, count) = (stop.clone(), acked.clone(), count.clone());
+                std::thread::spawn(move || {
+                    let db = w % 2;
+                    let mut n = 0u64;
+                    let mut client = None;
+                    while !stop.load(Ordering::SeqCst) {
+                        let c = match client.as_mut() {
+                            Some(c) => c,
+                            None => match Client::connect(addr, Duration::from_secs(30)) {
+                                Ok(mut c) => {
+                                    c.command(&[b"SELECT", db.to_string().as_bytes()]).unwrap();
+                                    client.insert(c)
+                                }
+                                Err(_) => {
+                                    std::thread::sleep(Duration::from_millis(50));
+                                    continue;
+                                }
+                            },
+                        };
+                        n += 1;
+                        let key = format!("w{w}:{}", n % 300);
+                        let size = if n % 50 == 0 { 9000 } else { 40 + (n % 200) as usize };
+                        let mut value = format!("{w}-{n}-").into_bytes();
+                        value.resize(size, b'x' + (n % 3) as u8);
+                        if set(c, &key, &value) {
+                            acked.lock().unwrap().insert((db, key), value);
+                            count.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            client = None;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, acked, count, threads }
+    }
+
+    fn wait_count(&self, at_least: u64) {
+        wait_for(&format!("{at_least} acknowledged writes"), Duration::from_secs(60), || {
+            self.count.load(Ordering::SeqCst) >= at_least
+        });
+    }
+
+    fn finish(self) -> BTreeMap<(usize, String), Vec<u8>> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+fn check_acked(server: &ServerProcess, acked: &BTreeMap<(usize, String), Vec<u8>>) {
+    let mut c = server.client();
+    for db in 0..2 {
+        c.command(&[b"SELECT", db.to_string().as_bytes()]).unwrap();
+        for ((_, key), value) in acked.range((db, String::new())..(db + 1, String::new())) {
+            let got = c.command(&[b"GET", key.as_bytes()]).unwrap();
+            assert_eq!(got.as_bytes(), Some(&value[..]), "db {db} key {key}: an acknowledged write is missing");
+        }
+    }
+}
+
+#[test]
+fn full_safety_random_workload_leaves_identical_copies() {
+    let pair = Pair::start(&["--safety", "full", "--segment-size", "1MiB"], &["--segment-size", "1MiB"]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    pair.wait_state(1, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    let mut state = 7u64;
+    let mut model: [BTreeMap<String, Vec<u8>>; 2] = Default::default();
+    for i in 0..3000u64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let db = (state % 2) as usize;
+        c.command(&[b"SELECT", db.to_string().as_bytes()]).unwrap();
+        let key = format!("k{}", state % 500);
+        match (state >> 8) % 6 {
+            0 => {
+                c.command(&[b"DEL", key.as_bytes()]).unwrap();
+                model[db].remove(&key);
+            }
+            1 => {
+                let value = vec![b'a' + (i % 26) as u8; 5000 + (state % 16000) as usize];
+                assert!(set(&mut c, &key, &value));
+                model[db].insert(key, value);
+            }
+            2 => {
+                let replies = c
+                    .pipeline(&[
+                        vec![&b"MULTI"[..]],
+                        vec![b"SET", key.as_bytes(), b"m1"],
+                        vec![b"APPEND", key.as_bytes(), b"-m2"],
+                        vec![b"EXEC"],
+                    ])
+                    .unwrap();
+                assert!(matches!(replies[3], Value::Array(_)), "{replies:?}");
+                model[db].insert(key, b"m1-m2".to_vec());
+            }
+            _ => {
+                let value = format!("v{i}-{state}").into_bytes();
+                assert!(set(&mut c, &key, &value));
+                model[db].insert(key, value);
+            }
+        }
+    }
+    for (db, keys) in model.iter().enumerate() {
+        c.command(&[b"SELECT", db.to_string().as_bytes()]).unwrap();
+        for (key, value) in keys {
+            assert_eq!(c.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(&value[..]));
+        }
+    }
+    // The mirror is a RESTORING copy: it refuses reads and writes.
+    let mut m = pair.mirror().client();
+    match m.command(&[b"GET", b"k1"]).unwrap() {
+        Value::Error(e) => assert!(e.starts_with("READONLY"), "{e}"),
+        other => panic!("the mirror served a read: {other:?}"),
+    }
+    match m.command(&[b"SET", b"k1", b"x"]).unwrap() {
+        Value::Error(e) => assert!(e.starts_with("READONLY"), "{e}"),
+        other => panic!("the mirror took a write: {other:?}"),
+    }
+    let p = status(pair.principal(), 0);
+    assert_eq!(p["role"], "principal");
+    assert_eq!(p["safety"], "FULL");
+    assert_eq!(p["exposed"], "0");
+    assert!(p["frames_live"].parse::<u64>().unwrap() > 100, "batches go out live: {p:?}");
+    let m = status(pair.mirror(), 0);
+    assert_eq!(m["role"], "mirror");
+    assert_eq!(m["database_state"], "RESTORING");
+    assert_eq!(m["frames_rejected"], "0");
+    pair.stop_and_compare();
+}
+
+#[test]
+fn a_killed_mirror_restarts_and_catches_up_without_losing_acknowledged_writes() {
+    let mut pair = Pair::start(
+        &["--safety", "full", "--partner-timeout", "1", "--segment-size", "1MiB"],
+        &["--partner-timeout", "1", "--segment-size", "1MiB"],
+    );
+    pair.wait_state(0, "SYNCHRONIZED");
+    let load = Load::start(pair.principal().addr, 4);
+    load.wait_count(500);
+    let endpoint = pair.mirror().endpoint;
+    pair.mirror.take().unwrap().kill9();
+    // FULL holds commits for the partner timeout, then runs exposed: writes go on.
+    let before = load.count.load(Ordering::SeqCst);
+    load.wait_count(before + 500);
+    let p = status(pair.principal(), 0);
+    assert_eq!(p["state"], "DISCONNECTED");
+    assert_eq!(p["exposed"], "1");
+    pair.start_mirror(endpoint);
+    pair.wait_state(0, "SYNCHRONIZED");
+    pair.wait_state(1, "SYNCHRONIZED");
+    let before = load.count.load(Ordering::SeqCst);
+    load.wait_count(before + 500);
+    let acked = load.finish();
+    check_acked(pair.principal(), &acked);
+    assert_eq!(status(pair.principal(), 0)["exposed"], "0");
+    pair.stop_and_compare();
+}
+
+#[test]
+fn a_frozen_mirror_holds_full_commits_for_the_partner_timeout_then_the_principal_runs_exposed() {
+    let pair = Pair::start(&["--safety", "full", "--partner-timeout", "2"], &["--partner-timeout", "5"]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    assert!(set(&mut c, "before", b"1"));
+    let pid = pair.mirror().child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    assert!(set(&mut c, "while-frozen", b"2"));
+    let held = started.elapsed();
+    assert!(held >= Duration::from_millis(1500), "the commit was answered after {held:?}, before the partner timeout");
+    let p = status(pair.principal(), 0);
+    assert_eq!(p["exposed"], "1", "{p:?}");
+    assert_ne!(p["state"], "SYNCHRONIZED");
+    // Exposed: further commits do not wait.
+    let started = Instant::now();
+    assert!(set(&mut c, "exposed", b"3"));
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    pair.wait_state(0, "SYNCHRONIZED");
+    assert_eq!(status(pair.principal(), 0)["exposed"], "0");
+    assert!(set(&mut c, "after", b"4"));
+    pair.stop_and_compare();
+}
+
+#[test]
+fn safety_off_with_lz4_suspend_persists_and_resume_resynchronizes() {
+    let mut pair = Pair::start(&["--safety", "off", "--log-compression", "lz4"], &[]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    let p = status(pair.principal(), 0);
+    assert_eq!(p["safety"], "OFF");
+    let mut c = pair.principal().client();
+    for i in 0..200 {
+        assert!(set(&mut c, &format!("k{i}"), &vec![b'z'; 3000]));
+    }
+    let sent: u64 = status(pair.principal(), 0)["bytes_sent"].parse().unwrap();
+    let hardened: u64 = status(pair.principal(), 0)["lsn_hardened"].parse().unwrap();
+    assert!(sent < hardened / 2, "LZ4 frames are smaller than the log ({sent} sent for {hardened})");
+    assert_eq!(c.command(&[b"MIRROR", b"SUSPEND"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(status(pair.principal(), 0)["state"], "SUSPENDED");
+    for i in 0..100 {
+        assert!(set(&mut c, &format!("s{i}"), b"while suspended"));
+    }
+    // The suspension survives a restart of the principal.
+    drop(c);
+    assert!(pair.principal.take().unwrap().stop());
+    pair.start_principal();
+    std::thread::sleep(Duration::from_millis(500));
+    let p = status(pair.principal(), 0);
+    assert_eq!(p["state"], "SUSPENDED", "{p:?}");
+    assert!(p["suspended_reason"].contains("MIRROR SUSPEND"), "{p:?}");
+    let mut c = pair.principal().client();
+    assert_eq!(c.command(&[b"MIRROR", b"RESUME"]).unwrap(), Value::Simple("OK".into()));
+    pair.wait_state(0, "SYNCHRONIZED");
+    // Safety changes at runtime, and persists.
+    assert_eq!(c.command(&[b"MIRROR", b"SET", b"SAFETY", b"FULL"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(status(pair.principal(), 0)["safety"], "FULL");
+    assert!(matches!(c.command(&[b"MIRROR", b"SET", b"SAFETY", b"MAYBE"]).unwrap(), Value::Error(_)));
+    assert!(set(&mut c, "full-now", b"1"));
+    pair.stop_and_compare();
+}
+
+/// Bytes a bad peer sends; the endpoint must answer with a REFUSE or close, and stay up.
+fn expect_refused(endpoint: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(endpoint).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn the_endpoint_refuses_garbage_wrong_keys_and_unknown_versions_and_stays_up() {
+    use mirrorlog::wal::{DbId, Epoch, Lsn};
+    use mirrorlog::wire::frame::{self, Parsed};
+    use mirrorlog::wire::handshake::{Dialer, DialerStep, VersionRange};
+    let pair = Pair::start(&["--safety", "full"], &[]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    let endpoint = pair.mirror().endpoint.unwrap();
+    expect_refused(endpoint, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_refused(endpoint, &[0u8; 200]);
+    // A well-formed HELLO whose every bit is flipped once somewhere: refused.
+    let (_, hello) = Dialer::start(b"0123456789abcdef0123456789abcdef", DbId(1), Epoch(1), 4 << 20, false, [7; 32]);
+    let mut flipped = hello.clone();
+    flipped[70] ^= 0x10;
+    expect_refused(endpoint, &flipped);
+    // The handshake driven by hand: a wrong key, and a version nobody speaks.
+    let handshake = |key: &[u8], versions: Option<VersionRange>| -> Result<u16, String> {
+        let (mut dialer, hello) = match versions {
+            None => Dialer::start(key, DbId(1), Epoch(1), 4 << 20, false, [9; 32]),
+            Some(v) => Dialer::start_with_versions(key, DbId(1), Epoch(1), 4 << 20, false, [9; 32], v),
+        };
+        let mut s = TcpStream::connect(endpoint).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&hello).unwrap();
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Ok(Parsed::Frame { header, total_len }) = frame::parse(&buf) {
+                let body = frame::body_bytes(&header, &buf[..total_len]).unwrap().into_owned();
+                buf.drain(..total_len);
+                match dialer.on_frame(&header, &body).map_err(|e| e.to_string())? {
+                    DialerStep::Send(proof) => s.write_all(&proof).unwrap(),
+                    DialerStep::Ready { version, .. } => return Ok(version),
+                }
+            }
+        }
+    };
+    let wrong = handshake(b"not the key, but long enough", None).unwrap_err();
+    assert!(wrong.to_lowercase().contains("key"), "{wrong}");
+    let versions = handshake(b"0123456789abcdef0123456789abcdef", Some(VersionRange { min: 1, max: 1 }));
+    assert_eq!(versions, Ok(1), "a peer of the previous version negotiates it");
+    // A peer that speaks only a future version 9: a HELLO made by hand.
+    let mut body = Vec::new();
+    body.extend_from_slice(&9u16.to_le_bytes());
+    body.extend_from_slice(&9u16.to_le_bytes());
+    body.extend_from_slice(&(4u64 << 20).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&[5u8; 32]);
+    let future = frame::encode_frame(1, frame::FrameKind::Hello, DbId(1), Epoch(1), Lsn(0), Lsn(0), &body, false);
+    let answer = expect_refused(endpoint, &future);
+    assert!(answer.contains("versions 1 to 2") && answer.contains('9'), "the refusal names the versions: {answer:?}");
+    // Everything still works: the mirror answers PING and the session is synchronized.
+    assert_eq!(pair.mirror().client().command(&[b"PING"]).unwrap(), Value::Simple("PONG".into()));
+    let mut c = pair.principal().client();
+    assert!(set(&mut c, "still", b"mirrored"));
+    pair.wait_state(0, "SYNCHRONIZED");
+    pair.stop_and_compare();
+}
+
+/// A TCP proxy on loopback that flips one bit of the principal-to-mirror stream once, after
+/// `flip_after` bytes.
+fn bit_flipping_proxy(target: SocketAddr, flip_after: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flipped = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(target) else { continue };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let flipped = flipped.clone();
+            std::thread::spawn(move || {
+                let mut client = client;
+                let mut server = server;
+                let mut seen = 0usize;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if !flipped.load(Ordering::SeqCst) && seen + n > flip_after {
+                        let at = flip_after.saturating_sub(seen).min(n - 1);
+                        buf[at] ^= 0x04;
+                        flipped.store(true, Ordering::SeqCst);
+                    }
+                    seen += n;
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_flipped_bit_on_the_wire_is_rejected_and_the_session_recovers() {
+    let dir_pair = Pair::start(&["--safety", "full"], &[]);
+    // Rebuild the principal behind a proxy that flips a bit 200 KB into the stream.
+    let mut pair = dir_pair;
+    assert!(pair.principal.take().unwrap().stop());
+    let proxy = bit_flipping_proxy(pair.mirror().endpoint.unwrap(), 200_000);
+    pair.partner = proxy;
+    pair.start_principal();
+    pair.wait_state(0, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    let mut acked = BTreeMap::new();
+    for i in 0..400 {
+        let key = format!("k{i}");
+        let value = vec![b'a' + (i % 26) as u8; 2000];
+        assert!(set(&mut c, &key, &value));
+        acked.insert((0usize, key), value);
+    }
+    wait_for("the mirror to reject the damaged frame", Duration::from_secs(30), || {
+        status(pair.mirror(), 0)["frames_rejected"] != "0"
+    });
+    pair.wait_state(0, "SYNCHRONIZED");
+    check_acked(pair.principal(), &acked);
+    pair.stop_and_compare();
+}
+
+#[test]
+fn the_retention_limit_suspends_the_session_instead_of_filling_the_disk() {
+    let mut pair = Pair::start(
+        &["--safety", "off", "--segment-size", "1MiB", "--max-log-retention", "3MiB", "--checkpoint-interval", "0.2"],
+        &["--segment-size", "1MiB"],
+    );
+    pair.wait_state(0, "SYNCHRONIZED");
+    pair.mirror.take().unwrap().kill9();
+    let mut c = pair.principal().client();
+    let value = vec![b'r'; 8000];
+    wait_for("the retention limit", Duration::from_secs(60), || {
+        for i in 0..50 {
+            assert!(set(&mut c, &format!("r{i}"), &value));
+        }
+        status(pair.principal(), 0)["state"] == "SUSPENDED"
+    });
+    let p = status(pair.principal(), 0);
+    assert!(p["suspended_reason"].contains("max-log-retention"), "{p:?}");
+    // The log is released again: it stays bounded while writes go on.
+    for i in 0..600 {
+        assert!(set(&mut c, &format!("after{i}"), &value));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let retained: u64 = status(pair.principal(), 0)["log_retained_bytes"].parse().unwrap();
+    assert!(retained < 4 << 20, "log kept after the suspension: {retained} bytes");
+    // And the suspension is persisted.
+    assert!(pair.principal.take().unwrap().stop());
+    pair.start_principal();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(pair.principal(), 0)["state"], "SUSPENDED");
+}
+
+#[test]
+fn a_killed_principal_restarts_and_ships_what_the_mirror_lacks() {
+    let mut pair = Pair::start(&["--safety", "off", "--segment-size", "1MiB"], &["--segment-size", "1MiB"]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    let load = Load::start(pair.principal().addr, 4);
+    load.wait_count(1500);
+    let acked = load.finish();
+    pair.principal.take().unwrap().kill9();
+    pair.start_principal();
+    pair.wait_state(0, "SYNCHRONIZED");
+    pair.wait_state(1, "SYNCHRONIZED");
+    check_acked(pair.principal(), &acked);
+    pair.stop_and_compare();
+}
+
+#[test]
+fn mirroring_needs_a_key_and_a_restoring_mirror() {
+    let dir = common::scratch();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["serve", "--partner", "tcp://127.0.0.1:5999", "--data"])
+        .arg(dir.path().join("p"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--endpoint-key-file"));
+    // Two principals: the second refuses to be a mirror of the first.
+    let key = dir.path().join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    let k = key.to_str().unwrap();
+    let a = ServerProcess::start(&dir.path().join("a"), &["--endpoint", "127.0.0.1:0", "--endpoint-key-file", k]);
+    let partner = format!("tcp://{}", a.endpoint.unwrap());
+    let b = ServerProcess::start(
+        &dir.path().join("b"),
+        &["--endpoint", "127.0.0.1:0", "--endpoint-key-file", k, "--partner", &partner],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let s = status(&b, 0);
+    assert_ne!(s["state"], "SYNCHRONIZED", "a database that is not RESTORING never becomes a mirror: {s:?}");
+    assert_eq!(status(&a, 0)["role"], "none");
+    let mut c = a.client();
+    assert_eq!(c.command(&[b"SET", b"mine", b"1"]).unwrap(), Value::Simple("OK".into()));
+    // MIRROR SET PARTNER at runtime, and MIRROR OFF.
+    let mut cb = b.client();
+    assert!(matches!(cb.command(&[b"MIRROR", b"SET", b"PARTNER", partner.as_bytes()]).unwrap(), Value::Error(_)));
+    assert_eq!(cb.command(&[b"MIRROR", b"OFF"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(status(&b, 0)["role"], "none");
+    assert!(matches!(cb.command(&[b"MIRROR", b"BOGUS"]).unwrap(), Value::Error(_)));
+    assert!(a.stop());
+    assert!(b.stop());
+    let _ = Path::new("unused");
+}
