@@ -129,10 +129,13 @@ fn set(c: &mut Client, key: &str, value: &[u8]) -> bool {
     matches!(c.command(&[b"SET", key.as_bytes(), value]), Ok(Value::Simple(s)) if s == "OK")
 }
 
+/// Acknowledged values by (database, key).
+type Acked = BTreeMap<(usize, String), Vec<u8>>;
+
 /// Writers on both databases record every acknowledged value; `check` reads them back.
 struct Load {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<BTreeMap<(usize, String), Vec<u8>>>>,
+    acked: Arc<Mutex<Acked>>,
     count: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -187,7 +190,7 @@ impl Load {
         });
     }
 
-    fn finish(self) -> BTreeMap<(usize, String), Vec<u8>> {
+    fn finish(self) -> Acked {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads {
             t.join().unwrap();
@@ -196,7 +199,7 @@ impl Load {
     }
 }
 
-fn check_acked(server: &ServerProcess, acked: &BTreeMap<(usize, String), Vec<u8>>) {
+fn check_acked(server: &ServerProcess, acked: &Acked) {
     let mut c = server.client();
     for db in 0..2 {
         c.command(&[b"SELECT", db.to_string().as_bytes()]).unwrap();
