@@ -49,6 +49,9 @@ pub enum Error {
     Limit(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A server child process started by a tool (`bench commit`, `quickstart`) failed or hung.
+    #[error("{name}: {detail}")]
+    ChildProcess { name: String, detail: String },
 }
 
 impl Error {
