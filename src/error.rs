@@ -51,6 +51,9 @@ pub enum Error {
     Mirroring(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A server child process started by a tool (`bench commit`, `quickstart`) failed or hung.
+    #[error("{name}: {detail}")]
+    ChildProcess { name: String, detail: String },
 }
 
 impl Error {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod inspect;
 pub mod io;
 pub mod mirroring;
+pub mod quickstart;
 pub mod server;
 pub mod store;
 pub mod sync;

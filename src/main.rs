@@ -37,6 +37,22 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Starts a principal and a mirror (SAFETY FULL) on this machine and shows their status
+    /// every second; Ctrl-C stops both. Data persists in --dir across runs.
+    Quickstart {
+        /// Holds both servers' data, the endpoint key and their logs.
+        #[arg(long, default_value = "./quickstart-data")]
+        dir: PathBuf,
+        /// The principal's RESP port (the mirror listens on the next one).
+        #[arg(long, default_value_t = 6379)]
+        port: u16,
+        /// The principal's mirroring endpoint port (the mirror's is the next one).
+        #[arg(long, default_value_t = mirrorlog::quickstart::PRINCIPAL_ENDPOINT_PORT)]
+        endpoint_port: u16,
+        /// Run the servers from this executable instead of this one (`EXE serve …`).
+        #[arg(long, hide = true)]
+        server_exe: Option<PathBuf>,
+    },
     /// Tools for tests (crash children); not for production use.
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -115,6 +131,9 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Commits through real servers: a principal and a mirror (SAFETY FULL or OFF) or a
+    /// standalone server, N clients sending SET, beside the local and the pair floor.
+    Commit(CommitBenchArgs),
     /// Group commit: N committers each append one record and wait for it to harden, in a loop.
     Wal {
         /// Concurrent committers; a comma-separated list runs one row per count.
@@ -139,6 +158,39 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct CommitBenchArgs {
+    /// Safety modes, one block of rows each: full, off (a mirror), none (a standalone server).
+    #[arg(long, value_delimiter = ',', default_value = "full,off,none")]
+    safety: Vec<String>,
+    /// Concurrent clients (one connection each); a comma-separated list runs one row per count.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Measured seconds per row (after a warm-up of a tenth of it, 0.2 s to 2 s).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Value size of each SET, in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Directory for the servers' data and the floor files (must support O_DIRECT).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Print one JSON object per mode and client count instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Floor writes per mode, for each floor (half before the mode, half after it).
+    #[arg(long, default_value_t = 2000)]
+    floor_ops: usize,
+    /// Pin the principal to this core and the mirror to the next one (default: unpinned
+    /// servers; the floors' principal thread runs on core 0, the mirror thread on core 1).
+    #[arg(long)]
+    first_core: Option<usize>,
+    /// Run the servers from this executable instead of this one (`EXE serve …`), e.g. another
+    /// build.
+    #[arg(long)]
+    server_exe: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +281,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 wal_bench::print_table(&results);
             }
         }
+        Command::Bench(BenchCommand::Commit(args)) => bench_commit(args)?,
+        Command::Quickstart { dir, port, endpoint_port, server_exe } => {
+            let exe = server_exe_or_this(server_exe)?;
+            mirrorlog::quickstart::run(&mirrorlog::quickstart::QuickstartConfig { exe, dir, port, endpoint_port })?;
+        }
         Command::Inspect(InspectCommand::Wal { dir, records }) => {
             let mut out = std::io::stdout();
             let inspection = mirrorlog::inspect::wal::inspect(&dir, records, &mut out)
@@ -263,6 +320,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 records,
             })?;
         }
+    }
+    Ok(())
+}
+
+fn server_exe_or_this(server_exe: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match server_exe {
+        Some(exe) => Ok(exe),
+        None => std::env::current_exe().context("find the mirrorlog executable"),
+    }
+}
+
+fn bench_commit(args: CommitBenchArgs) -> anyhow::Result<()> {
+    use mirrorlog::bench::commit::{self, CommitBenchConfig, ModeResult};
+    use mirrorlog::bench::local_pair::Safety;
+    mirrorlog::io::probe::check_io_uring()?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    mirrorlog::io::probe::check_direct_io(&args.dir)?;
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let safeties = args.safety.iter().map(|s| Safety::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    let config = CommitBenchConfig {
+        exe: server_exe_or_this(args.server_exe)?,
+        safeties,
+        clients: args.clients,
+        duration: Duration::from_secs_f64(args.duration),
+        value_size: args.value_size,
+        dir: args.dir,
+        floor_ops: args.floor_ops.max(2),
+        first_core: args.first_core,
+    };
+    if !args.json {
+        println!(
+            "mirrorlog bench commit: SET of {} B values, {:.1} s per row, data in {}, kernel {}, {} cores{}",
+            config.value_size,
+            args.duration,
+            config.dir.display(),
+            mirrorlog::io::probe::kernel_release(),
+            mirrorlog::io::shard::available_cores(),
+            config.first_core.map_or(String::new(), |c| format!(", principal on core {c}, mirror on the next"))
+        );
+        commit::print_header();
+    }
+    let json = args.json;
+    let results = commit::run(&config, |result| {
+        if json {
+            for line in result.to_json_lines() {
+                println!("{line}");
+            }
+        } else {
+            commit::print_mode(result);
+        }
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+        if let ModeResult::Failed { safety, error } = result {
+            eprintln!("mirrorlog: bench commit: safety {}: {error}", safety.as_str());
+        }
+    })?;
+    let failed = results.iter().filter(|r| matches!(r, ModeResult::Failed { .. })).count();
+    anyhow::ensure!(failed == 0, "{failed} of {} safety modes failed (see above)", results.len());
+    if !json {
+        println!("p50/local = commit p50 / local floor p50 (the faster of the two methods); p50/pair = commit p50 / pair floor p50; redo queue = the mirror's redo_queue_bytes after the row");
     }
     Ok(())
 }

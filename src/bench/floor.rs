@@ -35,17 +35,23 @@ const WARMUP_OPS: usize = 50;
 
 fn prefilled_file(dir: &Path, ops: usize) -> Result<std::path::PathBuf> {
     let path = dir.join("floor.dat");
-    let file = std::fs::File::create(&path).context(|| format!("create {}", path.display()))?;
+    prefill(&path, (ops + WARMUP_OPS) * BLOCK_SIZE)?;
+    Ok(path)
+}
+
+/// Creates (or truncates) `path` and writes `total` zero bytes into it, made durable, so that the
+/// floor's writes overwrite allocated blocks and never extend the file (writing into unwritten or
+/// file-extending space costs about twice as much here; see ../shared/CRATES.md).
+pub(crate) fn prefill(path: &Path, total: usize) -> Result<()> {
+    let file = std::fs::File::create(path).context(|| format!("create {}", path.display()))?;
     let zeros = vec![0u8; 1 << 20];
-    let total = (ops + WARMUP_OPS) * BLOCK_SIZE;
     let mut at = 0;
     while at < total {
         let n = (total - at).min(zeros.len());
         file.write_all_at(&zeros[..n], at as u64).context(|| format!("prefill {}", path.display()))?;
         at += n;
     }
-    file.sync_all().context(|| format!("fsync {}", path.display()))?;
-    Ok(path)
+    file.sync_all().context(|| format!("fsync {}", path.display()))
 }
 
 /// Measures both methods with `ops` writes each, in `dir`, on the calling thread's `ring`.
