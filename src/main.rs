@@ -183,10 +183,10 @@ struct CommitBenchArgs {
     /// Floor writes per mode, for each floor (half before the mode, half after it).
     #[arg(long, default_value_t = 2000)]
     floor_ops: usize,
-    /// Pin the principal to this core and the mirror to the next one (default: unpinned
-    /// servers; the floors' principal thread runs on core 0, the mirror thread on core 1).
-    #[arg(long)]
-    first_core: Option<usize>,
+    /// Pin the principal to this core and the mirror to the next one, as the floors' principal
+    /// and mirror threads are; `none` leaves the servers unpinned.
+    #[arg(long, default_value = "0")]
+    first_core: String,
     /// Run the servers from this executable instead of this one (`EXE serve …`), e.g. another
     /// build.
     #[arg(long)]
@@ -347,7 +347,10 @@ fn bench_commit(args: CommitBenchArgs) -> anyhow::Result<()> {
         value_size: args.value_size,
         dir: args.dir,
         floor_ops: args.floor_ops.max(2),
-        first_core: args.first_core,
+        first_core: match args.first_core.as_str() {
+            "none" => None,
+            n => Some(n.parse().map_err(|_| anyhow::anyhow!("--first-core takes a core number or none"))?),
+        },
     };
     if !args.json {
         println!(

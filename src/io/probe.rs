@@ -34,6 +34,7 @@ const REQUIRED_OPS: &[(u8, &str, &str)] = &[
     (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL", "5.5"),
     (opcode::MsgRingData::CODE, "IORING_OP_MSG_RING", "5.18"),
     (opcode::SendZc::CODE, "IORING_OP_SEND_ZC", "6.0"),
+    (opcode::SendMsgZc::CODE, "IORING_OP_SENDMSG_ZC", "6.1"),
 ];
 
 /// Checks that io_uring can be set up and supports every operation the engine uses.

@@ -52,10 +52,21 @@ enum Held {
     /// A buffer with more than one reader in flight: the log block being written to disk and
     /// sent to the mirror at once. Each operation holds a reference; neither writes to it.
     Shared(std::sync::Arc<AlignedBuf>),
+    /// A sendmsg: its header, the I/O vectors pointing into `head` and the shared body.
+    Msg(Box<HeldMsg>),
     Timespec(Box<types::Timespec>),
     Accept(Box<(libc::sockaddr_storage, libc::socklen_t)>),
     Connect(Box<(libc::sockaddr_storage, libc::socklen_t)>),
     Word(Box<u64>),
+}
+
+/// What a SENDMSG_ZC keeps alive: `msg` points at `iov`, which points into `head` and `body`.
+struct HeldMsg {
+    msg: libc::msghdr,
+    iov: [libc::iovec; 2],
+    #[allow(dead_code)] // only held
+    head: Vec<u8>,
+    body: std::sync::Arc<AlignedBuf>,
 }
 
 struct Slot {
@@ -288,6 +299,38 @@ impl Ring {
         self.submit_entry(entry, token, Held::Shared(buf))
     }
 
+    /// Zero-copy sendmsg(2) of `head` followed by `body[start..start + len]`, as one operation
+    /// (IORING_OP_SENDMSG_ZC, Linux 6.1): a frame header and a log block leave together, with no
+    /// second submission between them. The body comes back with the notification.
+    pub fn sendmsg_zc_shared(
+        &mut self,
+        socket: RawFd,
+        head: Vec<u8>,
+        body: std::sync::Arc<AlignedBuf>,
+        start: usize,
+        len: usize,
+        token: Token,
+    ) -> Result<OpId> {
+        assert!(start + len <= body.capacity());
+        // SAFETY: msghdr and iovec are plain old data; all zeroes is a valid value.
+        let mut held =
+            Box::new(HeldMsg { msg: unsafe { std::mem::zeroed() }, iov: unsafe { std::mem::zeroed() }, head, body });
+        held.iov[0] = libc::iovec { iov_base: held.head.as_ptr() as *mut libc::c_void, iov_len: held.head.len() };
+        // SAFETY: start + len is within the allocation (asserted above).
+        let body_ptr = unsafe { held.body.as_ptr().add(start) };
+        held.iov[1] = libc::iovec { iov_base: body_ptr as *mut libc::c_void, iov_len: len };
+        held.msg.msg_iov = held.iov.as_mut_ptr();
+        held.msg.msg_iovlen = 2;
+        // The box does not move while the operation is in flight (it is held in the slot), so
+        // the pointers above stay valid; the kernel reads them at submission and while sending.
+        let msg_ptr = &held.msg as *const libc::msghdr;
+        let entry = opcode::SendMsgZc::new(types::Fd(socket), msg_ptr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .ioprio(IORING_SEND_ZC_REPORT_USAGE)
+            .build();
+        self.submit_entry(entry, token, Held::Msg(held))
+    }
+
     /// Reads `len` bytes at `offset` into the start of `buf`; the buffer's `len` is set to the
     /// bytes read when it comes back.
     pub fn read_at(&mut self, fd: RawFd, buf: AlignedBuf, len: usize, offset: u64, token: Token) -> Result<OpId> {
@@ -464,6 +507,7 @@ impl Ring {
                 let (buf, shared) = match slot.held {
                     Held::Buf(buf) => (Some(buf), None),
                     Held::Shared(shared) => (None, Some(shared)),
+                    Held::Msg(msg) => (None, Some(msg.body)),
                     _ => (None, None),
                 };
                 out.push(Completion {
@@ -499,6 +543,7 @@ impl Ring {
                     (Some(buf), None, None)
                 }
                 Held::Shared(shared) => (None, Some(shared), None),
+                Held::Msg(msg) => (None, Some(msg.body), None),
                 Held::Accept(addr) if result >= 0 => (None, None, crate::io::net::sockaddr_to(&addr.0, addr.1)),
                 _ => (None, None, None),
             };

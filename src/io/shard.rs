@@ -54,6 +54,20 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// The CPUs this process may run on (its inherited affinity, sched_getaffinity(2)), in order.
+/// Shard `i` is pinned to the `i`-th of them, so a process started under `taskset` or with an
+/// affinity set by its parent keeps its shards inside that set.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain old data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..available_cores()).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
 /// Runs `work` on the calling thread's ring until `before_sleep` returns false.
 pub fn run(ring: &mut Ring, work: &mut impl ShardWork) -> Result<()> {
     work.start(ring)?;
@@ -97,8 +111,8 @@ pub fn run(ring: &mut Ring, work: &mut impl ShardWork) -> Result<()> {
     }
 }
 
-/// Spawns a shard thread pinned to `core` (when the machine has it) with its own ring, and runs
-/// `body` on it.
+/// Spawns a shard thread pinned to the `core`-th CPU this process may use (when there is one)
+/// with its own ring, and runs `body` on it.
 pub fn spawn<T: Send + 'static>(
     name: String,
     core: Option<usize>,
@@ -107,9 +121,10 @@ pub fn spawn<T: Send + 'static>(
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            if let Some(core) = core {
-                if core < available_cores() {
-                    pin_to_core(core)?;
+            if let Some(index) = core {
+                let cpus = allowed_cpus();
+                if index < cpus.len() {
+                    pin_to_core(cpus[index])?;
                 }
             }
             let mut ring = Ring::new(RING_ENTRIES)?;

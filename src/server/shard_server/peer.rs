@@ -91,9 +91,17 @@ enum Outgoing {
 
 struct Sending {
     item: Outgoing,
-    /// 0: the bytes (or a live frame's header); 1: a live frame's body.
-    stage: u8,
+    /// Bytes of the item already sent (a live frame counts its header, then its body).
     offset: usize,
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Bytes(bytes) => bytes.len(),
+            Outgoing::Live { header, batch } => header.len() + batch.bytes().len(),
+        }
+    }
 }
 
 pub(super) struct PeerConn {
@@ -812,25 +820,41 @@ impl ServerShard {
         let Some(item) = conn.out.pop_front() else {
             return Ok(());
         };
-        conn.sending = Some(Sending { item, stage: 0, offset: 0 });
+        conn.sending = Some(Sending { item, offset: 0 });
         Self::submit_peer_send(ring, id, conn)
     }
 
     fn submit_peer_send(ring: &mut Ring, id: u64, conn: &mut PeerConn) -> Result<()> {
         let sending = conn.sending.as_ref().expect("a send in progress");
         let fd = conn.fd.as_raw_fd();
-        match (&sending.item, sending.stage) {
-            (Outgoing::Bytes(bytes), _) | (Outgoing::Live { header: bytes, .. }, 0) => {
-                let rest = &bytes[sending.offset..];
+        let offset = sending.offset;
+        match &sending.item {
+            Outgoing::Bytes(bytes) => {
+                let rest = &bytes[offset..];
                 let mut buf = AlignedBuf::new(rest.len().max(1));
                 buf.set_len(rest.len());
                 buf.copy_from_slice(rest);
                 ring.send(fd, buf, 0, rest.len(), token(KIND_PEER_SEND, id))?;
             }
-            (Outgoing::Live { batch, .. }, _) => {
-                let start = batch.from.since(batch.start) as usize + sending.offset;
-                let len = batch.to.since(batch.start) as usize - start;
-                ring.send_zc_shared(fd, batch.buf.clone(), start, len, token(KIND_PEER_SEND, id))?;
+            Outgoing::Live { header, batch } => {
+                let body_start = batch.from.since(batch.start) as usize;
+                let body_len = batch.to.since(batch.start) as usize - body_start;
+                if offset < header.len() {
+                    // Header and body in one operation: the header copied, the body read in
+                    // place from the log buffer the disk write is reading too.
+                    ring.sendmsg_zc_shared(
+                        fd,
+                        header[offset..].to_vec(),
+                        batch.buf.clone(),
+                        body_start,
+                        body_len,
+                        token(KIND_PEER_SEND, id),
+                    )?;
+                } else {
+                    let sent = offset - header.len();
+                    let start = body_start + sent;
+                    ring.send_zc_shared(fd, batch.buf.clone(), start, body_len - sent, token(KIND_PEER_SEND, id))?;
+                }
             }
         }
         conn.ops += 1;
@@ -877,16 +901,7 @@ impl ServerShard {
         }
         let sending = conn.sending.as_mut().expect("a send in progress");
         sending.offset += c.result as usize;
-        let stage_len = match (&sending.item, sending.stage) {
-            (Outgoing::Bytes(bytes), _) | (Outgoing::Live { header: bytes, .. }, 0) => bytes.len(),
-            (Outgoing::Live { batch, .. }, _) => batch.bytes().len(),
-        };
-        if sending.offset < stage_len {
-            return Self::submit_peer_send(ring, id, conn);
-        }
-        if matches!(sending.item, Outgoing::Live { .. }) && sending.stage == 0 {
-            sending.stage = 1;
-            sending.offset = 0;
+        if sending.offset < sending.item.len() {
             return Self::submit_peer_send(ring, id, conn);
         }
         let done = conn.sending.take().expect("in progress");
@@ -1061,7 +1076,12 @@ impl ServerShard {
                 if hardened > link.lsn_acked {
                     link.lsn_acked = hardened;
                     if let Some(id) = conn {
+                        // The acknowledgement leaves before the redo workers are woken: a woken
+                        // worker may take this core first, and the principal's commit waits for
+                        // this frame.
                         self.queue_control(id, db, FrameKind::Ack, hardened);
+                        self.start_peer_send(ring, id)?;
+                        ring.submit()?;
                     }
                 }
                 self.mirror_dispatch(db);
