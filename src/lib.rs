@@ -7,6 +7,7 @@ pub mod bench;
 pub mod client;
 pub mod config_file;
 pub mod constants;
+pub mod ctl;
 pub mod debug;
 pub mod error;
 pub mod inspect;

@@ -28,6 +28,8 @@ enum Command {
     /// Benchmarks, each beside the machine's floor in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Administers a server's database mirroring (the same MIRROR commands redis-cli can send).
+    Ctl(CtlArgs),
     /// Offline verification of on-disk state.
     #[command(subcommand)]
     Inspect(InspectCommand),
@@ -127,6 +129,39 @@ struct ServeArgs {
     /// Redo worker threads per mirror database (pages are partitioned among them).
     #[arg(long, default_value_t = 2)]
     redo_workers: usize,
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The server (its client address, RESP).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    server: std::net::SocketAddr,
+    /// Password for AUTH, if the server has --requirepass.
+    #[arg(long)]
+    password: Option<String>,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Shows the database's mirroring status (role, state, safety, LSNs, send and redo queues).
+    Status { db: usize },
+    /// Sets the partner: on a RESTORING database (the mirror) first, then on the principal,
+    /// which starts the session. PARTNER is tcp://HOST:PORT of the other side's endpoint.
+    SetPartner { db: usize, partner: String },
+    /// Sets the transaction safety on the principal: full or off.
+    SetSafety {
+        db: usize,
+        #[arg(value_parser = ["full", "off", "FULL", "OFF"])]
+        safety: String,
+    },
+    /// Suspends the session on the principal (the log is kept for the mirror until RESUME).
+    Suspend { db: usize },
+    /// Resumes a suspended session.
+    Resume { db: usize },
+    /// Ends the session (MIRROR OFF).
+    Remove { db: usize },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +317,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench(BenchCommand::Commit(args)) => bench_commit(args)?,
+        Command::Ctl(args) => {
+            use mirrorlog::ctl::CtlRequest;
+            let (db, request) = match args.command {
+                CtlCommand::Status { db } => (db, CtlRequest::Status),
+                CtlCommand::SetPartner { db, partner } => (db, CtlRequest::SetPartner(partner)),
+                CtlCommand::SetSafety { db, safety } => (db, CtlRequest::SetSafety(safety.to_uppercase())),
+                CtlCommand::Suspend { db } => (db, CtlRequest::Suspend),
+                CtlCommand::Resume { db } => (db, CtlRequest::Resume),
+                CtlCommand::Remove { db } => (db, CtlRequest::Remove),
+            };
+            let out = mirrorlog::ctl::run(args.server, args.password.as_deref(), db, &request)?;
+            println!("{}", out.trim_end());
+        }
         Command::Quickstart { dir, port, endpoint_port, server_exe } => {
             let exe = server_exe_or_this(server_exe)?;
             mirrorlog::quickstart::run(&mirrorlog::quickstart::QuickstartConfig { exe, dir, port, endpoint_port })?;

@@ -600,3 +600,59 @@ fn mirroring_needs_a_key_and_a_restoring_mirror() {
     assert!(b.stop());
     let _ = Path::new("unused");
 }
+
+fn ctl(server: &ServerProcess, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["ctl", "--server", &server.addr.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn ctl_sets_up_a_session_the_sql_server_way_mirror_first() {
+    let dir = common::scratch();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    let k = key.to_str().unwrap();
+    let mirror = ServerProcess::start(
+        &dir.path().join("m"),
+        &["--restoring", "--endpoint", "127.0.0.1:0", "--endpoint-key-file", k],
+    );
+    let principal =
+        ServerProcess::start(&dir.path().join("p"), &["--endpoint", "127.0.0.1:0", "--endpoint-key-file", k]);
+    let mut c = principal.client();
+    assert_eq!(c.command(&[b"SET", b"before", b"mirroring"]).unwrap(), Value::Simple("OK".into()));
+    // First on the mirror (it names the principal), then on the principal (it starts the session).
+    let p_endpoint = format!("tcp://{}", principal.endpoint.unwrap());
+    let m_endpoint = format!("tcp://{}", mirror.endpoint.unwrap());
+    assert_eq!(ctl(&mirror, &["set-partner", "0", &p_endpoint]), (true, "OK\n".into()));
+    assert_eq!(ctl(&principal, &["set-partner", "0", &m_endpoint]), (true, "OK\n".into()));
+    wait_for("SYNCHRONIZED", Duration::from_secs(20), || status(&principal, 0)["state"] == "SYNCHRONIZED");
+    let (ok, text) = ctl(&principal, &["status", "0"]);
+    assert!(ok && text.contains("role:principal") && text.contains("state:SYNCHRONIZED"), "{text}");
+    let (ok, text) = ctl(&mirror, &["status", "0"]);
+    assert!(ok && text.contains("role:mirror") && text.contains(&format!("partner:{p_endpoint}")), "{text}");
+    assert_eq!(ctl(&principal, &["set-safety", "0", "off"]), (true, "OK\n".into()));
+    assert_eq!(status(&principal, 0)["safety"], "OFF");
+    let (ok, text) = ctl(&mirror, &["set-safety", "0", "full"]);
+    assert!(!ok && text.contains("principal"), "set on the principal: {text}");
+    assert_eq!(ctl(&principal, &["suspend", "0"]), (true, "OK\n".into()));
+    assert_eq!(status(&principal, 0)["state"], "SUSPENDED");
+    assert_eq!(ctl(&principal, &["resume", "0"]), (true, "OK\n".into()));
+    wait_for("SYNCHRONIZED again", Duration::from_secs(20), || status(&principal, 0)["state"] == "SYNCHRONIZED");
+    assert_eq!(c.command(&[b"SET", b"after", b"mirroring"]).unwrap(), Value::Simple("OK".into()));
+    let hardened: u64 = status(&principal, 0)["lsn_hardened"].parse().unwrap();
+    wait_for("the mirror to redo everything", Duration::from_secs(20), || {
+        let m = status(&mirror, 0);
+        m["lsn_redone"].parse::<u64>().unwrap() >= hardened
+    });
+    assert_eq!(ctl(&principal, &["remove", "0"]), (true, "OK\n".into()));
+    assert_eq!(status(&principal, 0)["role"], "none");
+    assert!(principal.stop());
+    assert!(mirror.stop());
+    let (_, p) = inspect_pages(&dir.path().join("p"));
+    let (_, m) = inspect_pages(&dir.path().join("m"));
+    assert_eq!(digests(&p)[0], digests(&m)[0], "principal:\n{p}\nmirror:\n{m}");
+}
