@@ -275,6 +275,13 @@ fn full_safety_random_workload_leaves_identical_copies() {
     assert_eq!(p["safety"], "FULL");
     assert_eq!(p["exposed"], "0");
     assert!(p["frames_live"].parse::<u64>().unwrap() > 100, "batches go out live: {p:?}");
+    // INFO has a mirroring section (published every 100 ms).
+    wait_for("INFO mirroring", Duration::from_secs(5), || {
+        let info = pair.principal().client().command(&[b"INFO", b"mirroring"]).unwrap();
+        let text = String::from_utf8_lossy(info.as_bytes().unwrap()).into_owned();
+        text.contains("db0:role=principal,state=SYNCHRONIZED,safety=FULL,exposed=0")
+            && text.contains("mirrored_databases:2")
+    });
     let m = status(pair.mirror(), 0);
     assert_eq!(m["role"], "mirror");
     assert_eq!(m["database_state"], "RESTORING");

@@ -877,7 +877,16 @@ fn server_info(args: &[&[u8]], info: &ServerInfo<'_>) -> Reply {
         text.push_str("\r\n");
     }
     if want("mirroring") {
-        text.push_str("# Mirroring\r\nrole:standalone\r\nmirroring_state:none\r\n\r\n");
+        text.push_str("# Mirroring\r\n");
+        let mut mirrored = 0;
+        for (i, s) in info.stats.iter().enumerate() {
+            let line = s.mirroring.lock().map(|l| l.clone()).unwrap_or_default();
+            if !line.is_empty() {
+                mirrored += 1;
+                text.push_str(&format!("db{i}:{line}\r\n"));
+            }
+        }
+        text.push_str(&format!("mirrored_databases:{mirrored}\r\n\r\n"));
     }
     if want("keyspace") {
         text.push_str("# Keyspace\r\n");

@@ -234,6 +234,15 @@ impl ServerShard {
 
     /// Publishes this shard's databases' figures for INFO on any shard.
     fn publish_stats(&mut self) {
+        for i in 0..self.dbs.len() {
+            if self.dbs[i].is_none() {
+                continue;
+            }
+            let line = self.links[i].as_ref().map(|_| peer::info_line(&self.mirror_status(i))).unwrap_or_default();
+            if let Ok(mut published) = self.shared.stats[i].mirroring.lock() {
+                *published = line;
+            }
+        }
         for (i, db) in self.dbs.iter_mut().enumerate() {
             let Some(db) = db else { continue };
             let stats = &self.shared.stats[i];
@@ -242,6 +251,9 @@ impl ServerShard {
             stats.log_writes.store(db.log.stats.writes, Ordering::Relaxed);
             stats.checkpoint_lsn.store(db.checkpoint_lsn().0, Ordering::Relaxed);
             stats.checkpoints.store(db.checkpoints, Ordering::Relaxed);
+            if db.is_restoring() {
+                continue; // its pages belong to the redo workers
+            }
             if let Ok(m) = crate::store::btree::meta(db.pool()) {
                 stats.keys.store(m.key_count, Ordering::Relaxed);
             }

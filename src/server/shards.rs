@@ -29,6 +29,9 @@ pub struct DbStats {
     pub log_writes: AtomicU64,
     pub checkpoint_lsn: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// The database's mirroring status as `name=value` pairs (INFO mirroring), empty when it is
+    /// not mirrored; replaced by its shard every timer tick (not on the data path).
+    pub mirroring: std::sync::Mutex<String>,
 }
 
 pub struct Shared {

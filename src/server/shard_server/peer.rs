@@ -1560,6 +1560,28 @@ impl ServerShard {
     }
 }
 
+/// INFO mirroring's line for one database: the status fields that matter most, `name=value`.
+pub(super) fn info_line(status: &str) -> String {
+    const FIELDS: [&str; 10] = [
+        "role",
+        "state",
+        "safety",
+        "exposed",
+        "partner",
+        "lsn_hardened",
+        "mirror_lsn_hardened",
+        "send_queue_bytes",
+        "lsn_redone",
+        "redo_queue_bytes",
+    ];
+    let pairs: Vec<(&str, &str)> = status.split("\r\n").filter_map(|l| l.split_once(':')).collect();
+    FIELDS
+        .iter()
+        .filter_map(|f| pairs.iter().find(|(k, _)| k == f).map(|(k, v)| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Whether encoded frame bytes are a REFUSE.
 fn is_refuse(bytes: &[u8]) -> bool {
     bytes.get(10) == Some(&(FrameKind::Refuse as u8))
