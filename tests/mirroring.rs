@@ -663,3 +663,42 @@ fn ctl_sets_up_a_session_the_sql_server_way_mirror_first() {
     let (_, m) = inspect_pages(&dir.path().join("m"));
     assert_eq!(digests(&p)[0], digests(&m)[0], "principal:\n{p}\nmirror:\n{m}");
 }
+
+#[test]
+fn a_principal_whose_log_differs_from_the_mirrors_is_refused_not_extended() {
+    let mut pair = Pair::start(&["--safety", "full"], &[]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    for i in 0..50 {
+        assert!(set(&mut c, &format!("old{i}"), &vec![b'o'; 100]));
+    }
+    let hardened: u64 = status(pair.principal(), 0)["lsn_hardened"].parse().unwrap();
+    wait_for("the mirror to harden everything", Duration::from_secs(20), || {
+        status(pair.mirror(), 0)["lsn_hardened"].parse::<u64>().unwrap() >= hardened
+    });
+    drop(c);
+    assert!(pair.principal.take().unwrap().stop());
+    // Another history at the same LSNs (as a principal that lost its log tail would write), and
+    // longer than the mirror's: only the content can tell.
+    std::fs::remove_dir_all(pair.dir.path().join("principal")).unwrap();
+    let principal_args = std::mem::take(&mut pair.principal_args);
+    pair.principal = Some(ServerProcess::start(&pair.dir.path().join("principal"), &[]));
+    let mut c = pair.principal().client();
+    for i in 0..200 {
+        assert!(set(&mut c, &format!("new{i}"), &vec![b'n'; 333]));
+    }
+    drop(c);
+    assert!(pair.principal.take().unwrap().stop());
+    pair.principal_args = principal_args;
+    pair.start_principal();
+    wait_for("the session to be suspended", Duration::from_secs(20), || {
+        status(pair.principal(), 0)["state"] == "SUSPENDED"
+    });
+    let p = status(pair.principal(), 0);
+    assert!(p["suspended_reason"].contains("differs"), "{p:?}");
+    assert_eq!(
+        status(pair.mirror(), 0)["lsn_hardened"].parse::<u64>().unwrap(),
+        hardened,
+        "the mirror was not extended"
+    );
+}

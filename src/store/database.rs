@@ -50,6 +50,8 @@ pub struct RedoReport {
     /// Those records themselves (kind, body, end LSN): a mirror completes the transaction when
     /// the rest of it arrives.
     pub incomplete_transaction: Vec<(RecordKind, Vec<u8>, Lsn)>,
+    /// The log's last record: where it starts, and its header.
+    pub last_record: Option<(Lsn, crate::wal::record::RecordHeader)>,
 }
 
 /// A transaction whose records are being appended.
@@ -394,8 +396,10 @@ fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result
     let mut pages: HashMap<PageId, (AlignedBuf, bool)> = HashMap::new();
     let mut open_tx: Vec<(RecordKind, Vec<u8>, Lsn)> = Vec::new();
     let mut failure: Option<Error> = None;
+    let mut last_record = None;
     recovery::scan(log_dir, Some(db_id), |header, body| {
         let end = header.lsn.advance(record_size(body.len()) as u64);
+        last_record = Some((header.lsn, *header));
         if header.lsn < from || failure.is_some() {
             return;
         }
@@ -419,6 +423,7 @@ fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result
     }
     report.incomplete_transaction_records = open_tx.len() as u64;
     report.incomplete_transaction = open_tx;
+    report.last_record = last_record;
     for (_, (mut buf, trusted)) in pages {
         if !trusted {
             return Err(Error::PageCorrupt(page::PageError::ChecksumMismatch(page::page_id(&buf))));

@@ -62,14 +62,14 @@ pub const REFUSE_REASON_MAX: usize = 1024;
 
 const HELLO_BODY_LEN: usize = 2 + 2 + 8 + 4 + NONCE_LEN;
 const CHALLENGE_BODY_LEN: usize = 2 + NONCE_LEN + PROOF_LEN;
-const READY_BODY_LEN: usize = 8 + 8 + 8;
+const READY_BODY_LEN: usize = 8 + 8 + 8 + 8 + 4 + 4 + 4;
 /// HELLO flag bit 0: the dialer wants LZ4-compressed log frames.
 const HELLO_FLAG_LZ4: u32 = 1;
 
 const LABEL_ACCEPTOR: &[u8] = b"mirrorlog-acceptor";
 const LABEL_DIALER: &[u8] = b"mirrorlog-dialer";
 
-const _: () = assert!(HELLO_BODY_LEN == 48 && CHALLENGE_BODY_LEN == 66 && READY_BODY_LEN == 24);
+const _: () = assert!(HELLO_BODY_LEN == 48 && CHALLENGE_BODY_LEN == 66 && READY_BODY_LEN == 44);
 
 /// A range of protocol versions an endpoint speaks, both ends included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +143,20 @@ pub struct ReadyInfo {
     pub lsn_hardened: Lsn,
     pub epoch: Epoch,
     pub segment_size: u64,
+    /// The last record the acceptor hardened (it ends at `lsn_hardened`), so the dialer can check
+    /// that both logs agree there before it continues from it.
+    pub tail: LogTail,
+}
+
+/// Identity of one log record that both partners must hold alike: its position, kind, body
+/// length and body checksum (the header checksum differs: each log binds its own batch LSNs).
+/// All zero when the log holds no record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogTail {
+    pub lsn: Lsn,
+    pub body_crc: u32,
+    pub body_len: u32,
+    pub kind: u8,
 }
 
 impl ReadyInfo {
@@ -151,6 +165,10 @@ impl ReadyInfo {
         out[0..8].copy_from_slice(&self.lsn_hardened.0.to_le_bytes());
         out[8..16].copy_from_slice(&self.epoch.0.to_le_bytes());
         out[16..24].copy_from_slice(&self.segment_size.to_le_bytes());
+        out[24..32].copy_from_slice(&self.tail.lsn.0.to_le_bytes());
+        out[32..36].copy_from_slice(&self.tail.body_crc.to_le_bytes());
+        out[36..40].copy_from_slice(&self.tail.body_len.to_le_bytes());
+        out[40] = self.tail.kind;
         out
     }
 
@@ -160,6 +178,12 @@ impl ReadyInfo {
             lsn_hardened: Lsn(u64_at(body, 0)),
             epoch: Epoch(u64_at(body, 8)),
             segment_size: u64_at(body, 16),
+            tail: LogTail {
+                lsn: Lsn(u64_at(body, 24)),
+                body_crc: u32::from_le_bytes(body[32..36].try_into().expect("4 bytes")),
+                body_len: u32::from_le_bytes(body[36..40].try_into().expect("4 bytes")),
+                kind: body[40],
+            },
         })
     }
 }
@@ -628,7 +652,12 @@ mod tests {
     const DB: DbId = DbId(42);
     const EPOCH: Epoch = Epoch(7);
     const SEGMENT: u64 = 64 << 20;
-    const INFO: ReadyInfo = ReadyInfo { lsn_hardened: Lsn(123_456), epoch: Epoch(7), segment_size: SEGMENT };
+    const INFO: ReadyInfo = ReadyInfo {
+        lsn_hardened: Lsn(123_456),
+        epoch: Epoch(7),
+        segment_size: SEGMENT,
+        tail: LogTail { lsn: Lsn(123_400), body_crc: 0xdead_beef, body_len: 10, kind: 18 },
+    };
 
     /// Parses bytes as a receiver would: one whole frame, its header and raw body.
     fn open(frame: &[u8]) -> (FrameHeader, Vec<u8>) {

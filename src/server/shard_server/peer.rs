@@ -34,7 +34,7 @@ use crate::wal::log_writer::ShippedBatch;
 use crate::wal::record::{self, RecordCheck};
 use crate::wal::{AppendError, DbId, Epoch, Lsn, RecordKind};
 use crate::wire::frame::{self, FrameHeader, FrameKind, Parsed};
-use crate::wire::handshake::{self, Acceptor, AcceptorStep, Dialer, DialerStep, ReadyInfo};
+use crate::wire::handshake::{self, Acceptor, AcceptorStep, Dialer, DialerStep, LogTail, ReadyInfo};
 
 use super::{token, ServerShard, ID_MASK, KIND_SHIFT};
 
@@ -190,6 +190,10 @@ pub(super) struct MirrorLink {
     /// A frame waits for log space.
     stalled: bool,
     failure: Option<String>,
+    /// Records appended and not yet hardened (end LSN, identity), and the last hardened one: the
+    /// principal checks it when it connects.
+    tails: VecDeque<(Lsn, LogTail)>,
+    tail_hardened: LogTail,
 }
 
 pub(super) enum Link {
@@ -314,6 +318,11 @@ impl ServerShard {
             .map(|(kind, body, end_lsn)| RedoRecord { kind, body, end_lsn })
             .collect();
         let hardened = database.log.lsn_hardened();
+        let tail_hardened = database
+            .redo_report
+            .last_record
+            .map(|(lsn, h)| LogTail { lsn, body_crc: h.body_crc, body_len: h.body_len, kind: h.kind.0 })
+            .unwrap_or_default();
         Ok(Link::Mirror(Box::new(MirrorLink {
             settings,
             conn: None,
@@ -330,6 +339,8 @@ impl ServerShard {
             frames_rejected: 0,
             stalled: false,
             failure: None,
+            tails: VecDeque::new(),
+            tail_hardened,
         })))
     }
 
@@ -565,6 +576,11 @@ impl ServerShard {
                 info.lsn_hardened,
                 database.log.lsn_hardened()
             );
+            let cmds = link.session.on_event(Event::Suspend { reason: reason.clone() });
+            self.deferred_session_commands.push((db, cmds));
+            return Err(reason);
+        }
+        if let Err(reason) = check_tail(database, &info) {
             let cmds = link.session.on_event(Event::Suspend { reason: reason.clone() });
             self.deferred_session_commands.push((db, cmds));
             return Err(reason);
@@ -998,7 +1014,17 @@ impl ServerShard {
             Ok(hardened) => {
                 let compress = hello.wants_lz4 && version >= frame::PROTOCOL_VERSION_LZ4;
                 conn.phase = Phase::Ready { version, compress };
-                let info = ReadyInfo { lsn_hardened: hardened, epoch: EPOCH, segment_size: self.config.segment_size };
+                let Some(Link::Mirror(link)) = self.links[db].as_mut() else { unreachable!() };
+                while link.tails.front().is_some_and(|(end, _)| *end <= hardened) {
+                    link.tail_hardened = link.tails.pop_front().expect("front").1;
+                }
+                let info = ReadyInfo {
+                    lsn_hardened: hardened,
+                    epoch: EPOCH,
+                    segment_size: self.config.segment_size,
+                    tail: link.tail_hardened,
+                };
+                let conn = self.peers.get_mut(&id).expect("present");
                 conn.out.push_back(Outgoing::Bytes(handshake::encode_ready(version, db_id_of(db), EPOCH, &info)));
                 let peer = conn.peer.clone();
                 let Some(Link::Mirror(link)) = self.links[db].as_mut() else { unreachable!() };
@@ -1037,6 +1063,10 @@ impl ServerShard {
             if lsn >= database.log.lsn_appended() {
                 match database.log.append_replica(lsn, h.kind, record_body) {
                     Ok(end) => {
+                        link.tails.push_back((
+                            end,
+                            LogTail { lsn, body_crc: h.body_crc, body_len: h.body_len, kind: h.kind.0 },
+                        ));
                         if is_redo_kind(h.kind) {
                             link.pending.push_back(RedoRecord {
                                 kind: h.kind,
@@ -1073,6 +1103,9 @@ impl ServerShard {
                 let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
                 let conn = link.conn;
                 let stalled = link.stalled;
+                while link.tails.front().is_some_and(|(end, _)| *end <= hardened) {
+                    link.tail_hardened = link.tails.pop_front().expect("front").1;
+                }
                 if hardened > link.lsn_acked {
                     link.lsn_acked = hardened;
                     if let Some(id) = conn {
@@ -1580,6 +1613,41 @@ pub(super) fn info_line(status: &str) -> String {
         .filter_map(|f| pairs.iter().find(|(k, _)| k == f).map(|(k, v)| format!("{k}={v}")))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Checks that the principal's log holds, where the mirror's hardened log ends, the same record
+/// as the mirror: a principal that lost the tail of its log in a crash (after sending it) and
+/// wrote other records at those LSNs would otherwise extend a mirror that has diverged.
+fn check_tail(database: &crate::store::database::Database, info: &ReadyInfo) -> std::result::Result<(), String> {
+    let tail = info.tail;
+    if info.lsn_hardened == Lsn::ZERO {
+        return Ok(());
+    }
+    let diverged = |detail: String| {
+        format!(
+            "the mirror's log differs from this principal's before {} ({detail}): the principal lost log it had sent (a crash?); restore the mirror",
+            info.lsn_hardened
+        )
+    };
+    let read = database
+        .log
+        .read_hardened(tail.lsn, record::record_size(crate::constants::RECORD_BODY_SIZE_MAX))
+        .map_err(|e| diverged(format!("no record here at {}: {e}", tail.lsn)))?;
+    let Some((from, _, bytes)) = read else {
+        return Err(diverged(format!("this log ends before {}", tail.lsn)));
+    };
+    let header = record::parse_header(&bytes).filter(|_| from == tail.lsn);
+    match header {
+        Some(h)
+            if h.body_crc == tail.body_crc
+                && h.body_len == tail.body_len
+                && h.kind.0 == tail.kind
+                && tail.lsn.advance(record::record_size(h.body_len as usize) as u64) <= info.lsn_hardened =>
+        {
+            Ok(())
+        }
+        _ => Err(diverged(format!("the records at {} differ", tail.lsn))),
+    }
 }
 
 /// Whether encoded frame bytes are a REFUSE.
