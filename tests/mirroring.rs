@@ -670,7 +670,7 @@ fn a_principal_whose_log_differs_from_the_mirrors_is_refused_not_extended() {
     pair.wait_state(0, "SYNCHRONIZED");
     let mut c = pair.principal().client();
     for i in 0..50 {
-        assert!(set(&mut c, &format!("old{i}"), &vec![b'o'; 100]));
+        assert!(set(&mut c, &format!("old{i}"), &[b'o'; 100]));
     }
     let hardened: u64 = status(pair.principal(), 0)["lsn_hardened"].parse().unwrap();
     wait_for("the mirror to harden everything", Duration::from_secs(20), || {
@@ -685,7 +685,7 @@ fn a_principal_whose_log_differs_from_the_mirrors_is_refused_not_extended() {
     pair.principal = Some(ServerProcess::start(&pair.dir.path().join("principal"), &[]));
     let mut c = pair.principal().client();
     for i in 0..200 {
-        assert!(set(&mut c, &format!("new{i}"), &vec![b'n'; 333]));
+        assert!(set(&mut c, &format!("new{i}"), &[b'n'; 333]));
     }
     drop(c);
     assert!(pair.principal.take().unwrap().stop());
