@@ -282,3 +282,47 @@ fn closing_the_log_answers_waiting_threads_with_an_error() {
     let result = waiter.join().unwrap();
     assert!(result.is_err(), "a closed log must not leave a thread waiting forever");
 }
+
+/// One buffer, two consumers: a submitted batch's buffer is shared with the mirroring link, and
+/// the log reuses it only once that reference comes back too — however many batches follow.
+#[test]
+fn a_shipped_batch_buffer_is_reused_only_after_both_consumers_are_done() {
+    let dir = scratch();
+    let mut ring = Ring::new(64).unwrap();
+    let mut log = open(dir.path());
+    log.set_shipping(true);
+    let mut wakes = Vec::new();
+    let first = log.append(RecordKind::DATA, &[0xab; 3000]).unwrap();
+    log.submit(&mut ring).unwrap();
+    let shipped = log.take_shipped();
+    assert_eq!(shipped.len(), 1);
+    let batch = &shipped[0];
+    assert_eq!(batch.to, first);
+    let copy = batch.bytes().to_vec();
+    assert!(matches!(
+        mirrorlog::wal::record::check(batch.bytes(), DbId(1), batch.from),
+        mirrorlog::wal::record::RecordCheck::Valid(_)
+    ));
+    complete_one(&mut log, &mut ring, &mut wakes);
+    // Many more batches, written and completed while the first is still "being sent".
+    for i in 0..20u8 {
+        log.append(RecordKind::DATA, &[i; 5000]).unwrap();
+        log.submit(&mut ring).unwrap();
+        complete_one(&mut log, &mut ring, &mut wakes);
+        for other in log.take_shipped() {
+            log.recycle_shared(other.buf);
+        }
+        assert_eq!(batch.bytes(), &copy[..], "the buffer of a batch still being sent was reused");
+    }
+    for b in shipped {
+        log.recycle_shared(b.buf);
+    }
+    log.set_shipping(false);
+    log.append(RecordKind::DATA, b"after").unwrap();
+    log.submit(&mut ring).unwrap();
+    assert!(log.take_shipped().is_empty(), "nothing is handed over once shipping is off");
+    complete_one(&mut log, &mut ring, &mut wakes);
+    let all = read_all(dir.path());
+    assert_eq!(all.len(), 22);
+    assert_eq!(all[0], vec![0xab; 3000]);
+}
