@@ -26,6 +26,8 @@ pub mod docs {
     pub mod log {}
     #[doc = include_str!("docs/store.md")]
     pub mod store {}
+    #[doc = include_str!("docs/mirroring.md")]
+    pub mod mirroring {}
 }
 
 pub use error::{Error, Result};
