@@ -251,10 +251,12 @@ fn local_pair_full_passes_the_mirroring_flags_and_waits_for_synchronized() {
     assert_ne!(mirror_endpoint, principal_endpoint);
     let (p, m) = (args("principal"), args("mirror"));
     for (text, want) in [
-        (&m, format!("--endpoint\n{mirror_endpoint}\n")),
+        // Each server binds its endpoint itself (port 0) and reports it: no port is picked and
+        // released for another process to take meanwhile.
+        (&m, "--endpoint\n127.0.0.1:0\n".to_string()),
         (&m, format!("--endpoint-key-file\n{key}\n")),
         (&m, "--restoring\n".to_string()),
-        (&p, format!("--endpoint\n{principal_endpoint}\n")),
+        (&p, "--endpoint\n127.0.0.1:0\n".to_string()),
         (&p, format!("--endpoint-key-file\n{key}\n")),
         (&p, format!("--partner\ntcp://{mirror_endpoint}\n--safety\nfull\n")),
         (&p, "--databases\n2\n".to_string()),

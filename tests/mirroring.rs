@@ -702,3 +702,73 @@ fn a_principal_whose_log_differs_from_the_mirrors_is_refused_not_extended() {
         "the mirror was not extended"
     );
 }
+
+/// A TCP proxy that forwards the principal-to-mirror stream of its first connection only up to
+/// `cut_after` bytes and then holds the rest (the connection stays open, silent); later
+/// connections pass everything.
+fn stalling_proxy(target: SocketAddr, cut_after: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(target) else { continue };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let limit = if n == 0 { cut_after } else { usize::MAX };
+            std::thread::spawn(move || {
+                let (mut client, mut server) = (client, server);
+                let mut seen = 0usize;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(got) = client.read(&mut buf) {
+                    if got == 0 {
+                        break;
+                    }
+                    let pass = got.min(limit.saturating_sub(seen));
+                    seen += got;
+                    if pass > 0 && server.write_all(&buf[..pass]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_mirror_restarted_inside_a_transaction_completes_it_when_the_rest_arrives() {
+    // SAFETY OFF and a long partner timeout: the principal neither waits for the stalled mirror
+    // nor gives up on the connection while the test looks.
+    let mut pair = Pair::start(
+        &["--safety", "off", "--partner-timeout", "30", "--databases", "1"],
+        &["--partner-timeout", "30", "--databases", "1"],
+    );
+    assert!(pair.principal.take().unwrap().stop());
+    let endpoint = pair.mirror().endpoint;
+    // The mirror gets the first 1.5 MB of the stream: the middle of a 3 MB value's transaction.
+    pair.partner = stalling_proxy(endpoint.unwrap(), 1_500_000);
+    pair.start_principal();
+    pair.wait_state(0, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(set(&mut c, "big", &big));
+    wait_for("the mirror to harden part of the transaction", Duration::from_secs(20), || {
+        status(pair.mirror(), 0)["lsn_hardened"].parse::<u64>().unwrap() > 1_000_000
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let m = status(pair.mirror(), 0);
+    assert!(m["lsn_redone"].parse::<u64>().unwrap() < m["lsn_hardened"].parse::<u64>().unwrap(), "{m:?}");
+    pair.mirror.take().unwrap().kill9();
+    pair.start_mirror(endpoint);
+    pair.wait_state(0, "SYNCHRONIZED");
+    assert!(set(&mut c, "after", b"1"));
+    let m = status(pair.mirror(), 0);
+    assert_eq!(m["redo_failure"], "", "{m:?}");
+    assert_eq!(c.command(&[b"GET", b"big"]).unwrap().as_bytes(), Some(&big[..]));
+    pair.stop_and_compare();
+}

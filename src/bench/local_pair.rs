@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -161,6 +161,8 @@ pub struct ServerChild {
     name: &'static str,
     child: Child,
     addr: SocketAddr,
+    /// The mirroring endpoint the server reported (when started with a key).
+    endpoint: Option<SocketAddr>,
     log_path: PathBuf,
     exited: Option<ExitStatus>,
 }
@@ -217,20 +219,18 @@ impl ServerChild {
         let mut child =
             command.spawn().context(|| format!("start {name}: {} serve {}", config.exe.display(), args.join(" ")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        let mut server = Self { name, child, addr: listen, log_path, exited: None };
+        let mut server = Self { name, child, addr: listen, endpoint: None, log_path, exited: None };
+        let wants_endpoint = args.iter().any(|a| a == "--endpoint-key-file");
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("{name}-stdout"))
             .spawn(move || {
                 // Forward the start-up line, then keep draining so the child never blocks on a
                 // full pipe.
-                let mut tx = Some(tx);
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    if line.starts_with("mirrorlog: serving") {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(line);
-                        }
+                    if line.starts_with("mirrorlog: serving") || line.starts_with("mirrorlog: mirroring endpoint") {
+                        let _ = tx.send(line);
                     }
                 }
             })
@@ -256,6 +256,26 @@ impl ServerChild {
             server.addr = addr;
         } else if listen.port() == 0 {
             return Err(server.failure(&format!("no address in its start-up line {line:?}")));
+        }
+        if wants_endpoint {
+            // The server binds the endpoint itself (port 0 allowed) and prints where: no port is
+            // picked and released here for another process to take meanwhile.
+            let line = loop {
+                match rx.recv_timeout(POLL_INTERVAL) {
+                    Ok(line) if line.starts_with("mirrorlog: mirroring endpoint") => break line,
+                    Ok(_) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(server.failure("closed its stdout before printing its endpoint"))
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        server.check_waiting(deadline, config, "its endpoint line")?
+                    }
+                }
+            };
+            server.endpoint = line.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
+            if server.endpoint.is_none() {
+                return Err(server.failure(&format!("no address in its endpoint line {line:?}")));
+            }
         }
         loop {
             let pong = self::ping(server.addr);
@@ -438,14 +458,9 @@ impl LocalPair {
             });
         }
         let key_file = endpoint_key_file(&config.dir)?;
-        let principal_endpoint = match config.principal_endpoint {
-            Some(a) => a,
-            None => free_loopback_port()?,
-        };
-        let mirror_endpoint = match config.mirror_endpoint {
-            Some(a) => a,
-            None => free_loopback_port()?,
-        };
+        let any_port: SocketAddr = "127.0.0.1:0".parse().expect("a valid address");
+        let principal_endpoint = config.principal_endpoint.unwrap_or(any_port);
+        let mirror_endpoint = config.mirror_endpoint.unwrap_or(any_port);
         let endpoint_args = |endpoint: SocketAddr| {
             vec![
                 "--endpoint".to_string(),
@@ -458,6 +473,7 @@ impl LocalPair {
         mirror_args.extend(endpoint_args(mirror_endpoint));
         mirror_args.push("--restoring".into());
         let mirror = ServerChild::start("mirror", config, config.mirror_listen, mirror_args, core(1))?;
+        let mirror_endpoint = mirror.endpoint.expect("started with a key");
         let mut principal_args = common("principal");
         principal_args.extend(endpoint_args(principal_endpoint));
         principal_args.extend([
@@ -467,6 +483,7 @@ impl LocalPair {
             config.safety.as_str().to_string(),
         ]);
         let principal = ServerChild::start("principal", config, config.principal_listen, principal_args, core(0))?;
+        let principal_endpoint = principal.endpoint.expect("started with a key");
         let mut pair = Self {
             safety: config.safety,
             databases: config.databases,
@@ -523,12 +540,6 @@ impl LocalPair {
         let mirror = self.mirror.as_mut().map_or(Ok(()), |m| m.stop_cleanly(timeout));
         principal.and(mirror)
     }
-}
-
-/// A loopback address with a port that was free a moment ago (bound to port 0, then released).
-pub fn free_loopback_port() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context(|| "bind 127.0.0.1:0".into())?;
-    listener.local_addr().context(|| "local address of 127.0.0.1:0".into())
 }
 
 /// `dir/endpoint.key`: kept if it already holds at least [`ENDPOINT_KEY_SIZE_MIN`] bytes,

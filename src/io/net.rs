@@ -5,9 +5,26 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::error::{IoContext, Result};
 
+/// How long `listen` retries an address in use.
+const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A listening TCP socket (blocking mode is irrelevant: the ring does the accepting).
+///
+/// EADDRINUSE is retried for a few seconds: a process that was just killed may still hold its
+/// listener, because its io_uring is torn down asynchronously after exit and an accept in
+/// flight keeps a reference to the socket until then (io_uring_setup(2): the ring's resources
+/// are released when its last reference goes). A restarted server then binds a moment later.
 pub fn listen(addr: SocketAddr) -> Result<OwnedFd> {
-    let listener = TcpListener::bind(addr).context(|| format!("bind {addr}"))?;
+    let started = std::time::Instant::now();
+    let listener = loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < BIND_RETRY_FOR => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).context(|| format!("bind {addr}")),
+        }
+    };
     // SAFETY: into_raw_fd hands over ownership of a valid descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(listener.into_raw_fd()) })
 }

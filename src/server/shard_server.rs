@@ -151,6 +151,8 @@ pub struct ServerShard {
     deferred_session_commands: Vec<(usize, Vec<crate::mirroring::session::Command>)>,
     /// Databases whose held replies may have become sendable.
     release_dbs: Vec<usize>,
+    /// The endpoint's accept failed: it is posted again on the next timer tick.
+    endpoint_accept_failed: bool,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
@@ -203,6 +205,7 @@ impl ServerShard {
             pending_peer_hello: HashMap::new(),
             deferred_session_commands: Vec::new(),
             release_dbs: Vec::new(),
+            endpoint_accept_failed: false,
         }
     }
 
@@ -659,7 +662,7 @@ impl ServerShard {
             }
         }
         self.publish_stats();
-        self.peer_timer()?;
+        self.peer_timer(ring)?;
         if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
             for db in self.dbs.iter_mut().flatten().filter(|d| !d.is_restoring()) {
                 db.request_checkpoint();

@@ -786,6 +786,11 @@ impl LogWriter {
         self.set_retention_lsn(self.retention_checkpoint);
     }
 
+    /// The mirroring hold, if any.
+    pub fn retention_hold(&self) -> Option<Lsn> {
+        self.retention_hold
+    }
+
     /// Bytes of log kept from the oldest retained segment to the appended end.
     pub fn retained_bytes(&self) -> u64 {
         let first = self.older_segments.first().map(|(h, _)| h.first_lsn).unwrap_or(self.segment.header.first_lsn);

@@ -55,6 +55,11 @@ pub const SEND_WINDOW_BYTES: u64 = 16 << 20;
 const CATCH_UP_CHUNK: usize = 1 << 20;
 /// Between two dials of an unreachable mirror.
 const DIAL_RETRY: Duration = Duration::from_millis(500);
+/// Endpoint connections not authenticated yet, at most; more are closed at once.
+const UNAUTHENTICATED_MAX: usize = 64;
+/// Record bodies a mirror holds for redo, at most; beyond it it stops receiving until redo
+/// catches up (the principal's window then fills and it falls back to the files).
+const REDO_PENDING_BYTES_MAX: usize = 64 << 20;
 /// Redo ring slots per worker.
 const REDO_RING_CAPACITY: usize = 1 << 14;
 /// Pages each redo worker caches.
@@ -120,6 +125,8 @@ pub(super) struct PeerConn {
     shut_down: bool,
     migrate_to: Option<usize>,
     peer: String,
+    /// When the connection was made: it must be authenticated within the partner timeout.
+    started: Instant,
 }
 
 impl PeerConn {
@@ -138,6 +145,7 @@ impl PeerConn {
             shut_down: false,
             migrate_to: None,
             peer,
+            started: Instant::now(),
         }
     }
 
@@ -175,6 +183,8 @@ pub(super) struct MirrorLink {
     conn: Option<u64>,
     /// Records appended to this log, waiting to be hardened and dispatched.
     pending: VecDeque<RedoRecord>,
+    /// Bytes of record bodies in `pending` and `tx`.
+    pending_bytes: usize,
     /// Page records of the transaction being gathered (its commit not dispatched yet).
     tx: Vec<RedoRecord>,
     pipeline: Option<RedoPipeline>,
@@ -301,16 +311,24 @@ impl ServerShard {
 
     fn mirror_link(&mut self, db: usize, settings: MirroringSettings) -> Result<Link> {
         let database = self.dbs[db].as_mut().expect("owned");
+        // Redo is complete up to the last commit; a transaction the log ends inside is redone
+        // once the rest of it arrives, so the watermark starts before its first record.
+        let incomplete_from = database
+            .redo_report
+            .incomplete_transaction
+            .first()
+            .map(|(_, body, end)| Lsn(end.0 - record::record_size(body.len()) as u64));
+        let redone = incomplete_from.unwrap_or(database.log.lsn_hardened());
         let pipeline = RedoPipeline::start(
             &database.dir().join("data.pages"),
             db_id_of(db),
-            database.log.lsn_hardened(),
+            redone,
             self.config.mirroring.redo_workers,
             REDO_CACHE_PAGES_PER_WORKER,
             REDO_RING_CAPACITY,
         )?;
         // A transaction the log ends inside continues when the rest arrives from the principal.
-        let tx = database
+        let tx: Vec<RedoRecord> = database
             .redo_report
             .incomplete_transaction
             .drain(..)
@@ -327,10 +345,11 @@ impl ServerShard {
             settings,
             conn: None,
             pending: VecDeque::new(),
+            pending_bytes: tx.iter().map(|r: &RedoRecord| r.body.len()).sum(),
             tx,
             pipeline: Some(pipeline),
             lsn_acked: hardened,
-            lsn_dispatched: hardened,
+            lsn_dispatched: redone,
             lsn_marked: Lsn::ZERO,
             principal_state: None,
             principal_safety: None,
@@ -382,6 +401,16 @@ impl ServerShard {
         if c.result >= 0 {
             // SAFETY: a successful accept returns a new descriptor we own.
             let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+            let unauthenticated =
+                self.peers.values().filter(|c| !c.closed && !matches!(c.phase, Phase::Ready { .. })).count();
+            if unauthenticated >= UNAUTHENTICATED_MAX {
+                eprintln!(
+                    "mirrorlog: endpoint: {unauthenticated} connections are still authenticating; refusing {:?}",
+                    c.peer
+                );
+                drop(fd);
+                return self.start_endpoint(ring);
+            }
             let _ = crate::io::net::set_nodelay(fd.as_raw_fd());
             let key = self.config.mirroring.key.clone().expect("the endpoint listens only with a key");
             let acceptor = Acceptor::new(&key, handshake::random_nonce());
@@ -391,7 +420,10 @@ impl ServerShard {
             self.peers.insert(id, PeerConn::new(fd, None, Phase::Accepting(Box::new(acceptor)), peer));
             self.post_peer_recv(ring, id)?;
         } else {
+            // Out of descriptors, say: accept again on the next timer tick, not in a busy loop.
             eprintln!("mirrorlog: endpoint accept failed: {}", std::io::Error::from_raw_os_error(-c.result));
+            self.endpoint_accept_failed = true;
+            return Ok(());
         }
         self.start_endpoint(ring)
     }
@@ -415,6 +447,11 @@ impl ServerShard {
         let Some(conn) = self.peers.get_mut(&id) else { return Ok(()) };
         if conn.receiving || conn.closed || conn.migrate_to.is_some() || conn.input.len() > PEER_INPUT_MAX {
             return Ok(());
+        }
+        if let Some(Link::Mirror(link)) = conn.db.and_then(|db| self.links[db].as_ref()) {
+            if link.pending_bytes > REDO_PENDING_BYTES_MAX {
+                return Ok(()); // redo is behind: `mirror_dispatch` receives again
+            }
         }
         conn.receiving = true;
         conn.ops += 1;
@@ -639,7 +676,11 @@ impl ServerShard {
                     }
                 }
                 Command::HoldLog { from } => {
-                    self.dbs[db].as_mut().expect("owned").log.set_retention_hold(Some(from));
+                    // One byte before the mirror's hardened LSN: the segment holding the mirror's
+                    // last record stays even when that record ends a segment, so the next
+                    // connection can check it (`check_tail`).
+                    let hold = Lsn(from.0.saturating_sub(1));
+                    self.dbs[db].as_mut().expect("owned").log.set_retention_hold(Some(hold));
                 }
             }
         }
@@ -662,13 +703,24 @@ impl ServerShard {
         }
         link.next_dial = now + DIAL_RETRY;
         let partner = link.partner;
-        let fd = crate::io::net::tcp_socket(partner)?;
+        // A failure to even start dialing (out of descriptors, say) is retried like an
+        // unreachable mirror; it never ends the shard.
+        let fd = match crate::io::net::tcp_socket(partner) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("mirrorlog: database {db}: cannot dial the mirror at {partner}: {e}; retrying");
+                return Ok(());
+            }
+        };
         let id = self.next_peer_id;
         self.next_peer_id += 1;
-        link.conn = Some(id);
         let mut conn = PeerConn::new(fd, Some(db), Phase::Connecting, partner.to_string());
+        if let Err(e) = ring.connect(conn.fd.as_raw_fd(), partner, token(KIND_PEER_CONNECT, id)) {
+            eprintln!("mirrorlog: database {db}: cannot dial the mirror at {partner}: {e}; retrying");
+            return Ok(());
+        }
         conn.ops = 1;
-        ring.connect(conn.fd.as_raw_fd(), partner, token(KIND_PEER_CONNECT, id))?;
+        link.conn = Some(id);
         self.peers.insert(id, conn);
         Ok(())
     }
@@ -946,11 +998,21 @@ impl ServerShard {
                 if link.conn != Some(id) {
                     return Ok(true);
                 }
-                let cmds = link.session.on_event(Event::Acked { lsn: header.lsn_to, now });
-                self.deferred_session_commands.push((db, cmds));
-                if link.session.lsn_mirror_hardened() > link.lsn_sent {
-                    return Err(format!("the mirror acknowledged {} beyond what was sent", header.lsn_to));
+                let ack = header.lsn_to;
+                if ack > link.lsn_sent {
+                    // Checked before it counts: an acknowledgement releases FULL commits.
+                    // Beyond what this connection sent is fine only up to this log's hardened
+                    // end — records the mirror appended from an earlier connection and hardened
+                    // since (they are this log's: `mirror_receive` compares them).
+                    let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
+                    if ack > hardened {
+                        return Err(format!("the mirror acknowledged {ack}, beyond this log's hardened {hardened}"));
+                    }
+                    link.lsn_sent = ack;
+                    link.live = false;
                 }
+                let cmds = link.session.on_event(Event::Acked { lsn: ack, now });
+                self.deferred_session_commands.push((db, cmds));
                 Ok(true)
             }
             (Some(Link::Mirror(link)), FrameKind::Ping) => {
@@ -1059,15 +1121,25 @@ impl ServerShard {
             let size = record::record_size(h.body_len as usize);
             let record_body = record::body(rest, &h);
             // Records below the log's end arrived before (a reconnect resends from the hardened
-            // LSN); append_replica checks everything at or past it.
-            if lsn >= database.log.lsn_appended() {
+            // LSN): those not hardened yet must be the same records, or the logs would differ
+            // once they are; append_replica checks everything at or past the end.
+            if lsn < database.log.lsn_appended() {
+                if let Some((_, tail)) = link.tails.iter().find(|(_, t)| t.lsn == lsn) {
+                    if tail.body_crc != h.body_crc || tail.body_len != h.body_len || tail.kind != h.kind.0 {
+                        return Err(format!(
+                            "the principal's record at {lsn} differs from the one this mirror appended before"
+                        ));
+                    }
+                }
+            } else {
                 match database.log.append_replica(lsn, h.kind, record_body) {
                     Ok(end) => {
                         link.tails.push_back((
                             end,
                             LogTail { lsn, body_crc: h.body_crc, body_len: h.body_len, kind: h.kind.0 },
                         ));
-                        if is_redo_kind(h.kind) {
+                        if is_redo_kind(h.kind) && link.failure.is_none() {
+                            link.pending_bytes += record_body.len();
                             link.pending.push_back(RedoRecord {
                                 kind: h.kind,
                                 body: record_body.to_vec(),
@@ -1118,9 +1190,11 @@ impl ServerShard {
                     }
                 }
                 self.mirror_dispatch(db);
-                if let (true, Some(id)) = (stalled, conn) {
-                    self.process_peer_input(id);
-                    self.post_peer_recv(ring, id)?;
+                if let Some(id) = conn {
+                    if stalled {
+                        self.process_peer_input(id);
+                    }
+                    self.post_peer_recv(ring, id)?; // also after redo made room
                 }
             }
             Some(Link::Principal(_)) => self.pump_catch_up(db),
@@ -1135,6 +1209,9 @@ impl ServerShard {
         let hardened = database.log.lsn_hardened();
         let Some(Link::Mirror(link)) = self.links[db].as_mut() else { return };
         let Some(pipeline) = link.pipeline.as_mut() else { return };
+        if link.failure.is_some() {
+            return;
+        }
         let mut failure = None;
         while let Some(front) = link.pending.front() {
             if front.end_lsn > hardened {
@@ -1147,25 +1224,45 @@ impl ServerShard {
                 }
                 redo::TX_ABORT => {
                     link.pending.pop_front();
+                    link.pending_bytes =
+                        link.pending_bytes.saturating_sub(link.tx.iter().map(|r| r.body.len()).sum::<usize>());
                     link.tx.clear();
                 }
-                redo::TX_COMMIT => match pipeline.try_dispatch(&mut link.tx) {
-                    Ok(true) => {
-                        link.tx.clear();
-                        let commit = link.pending.pop_front().expect("front");
-                        link.lsn_dispatched = commit.end_lsn;
+                redo::TX_COMMIT => {
+                    let bytes: usize = link.tx.iter().map(|r| r.body.len()).sum();
+                    let dispatched = match pipeline.try_dispatch(&mut link.tx) {
+                        // A transaction larger than a worker's ring never fits whole: with the
+                        // rings empty it goes in pieces (its commit is hardened, so every piece
+                        // will be applied; nothing reads the mirror's pages in between).
+                        Ok(false) if pipeline.queued_items() == 0 => dispatch_in_pieces(pipeline, &mut link.tx),
+                        other => other,
+                    };
+                    match dispatched {
+                        Ok(true) => {
+                            link.tx.clear();
+                            link.pending_bytes = link.pending_bytes.saturating_sub(bytes);
+                            let commit = link.pending.pop_front().expect("front");
+                            link.pending_bytes = link.pending_bytes.saturating_sub(commit.body.len());
+                            link.lsn_dispatched = commit.end_lsn;
+                        }
+                        Ok(false) => {
+                            // Pieces may have gone: count what is left.
+                            let left: usize = link.tx.iter().map(|r| r.body.len()).sum();
+                            link.pending_bytes = link.pending_bytes.saturating_sub(bytes - left.min(bytes));
+                            break;
+                        }
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            break;
+                        }
                     }
-                    Ok(false) => break,
-                    Err(e) => {
-                        failure = Some(e.to_string());
-                        break;
-                    }
-                },
+                }
                 redo::CHECKPOINT => {
                     let redo_lsn = front.body.get(..8).map(|b| Lsn(u64::from_le_bytes(b.try_into().expect("8 bytes"))));
                     match redo_lsn.map(|lsn| pipeline.try_begin_checkpoint(lsn)) {
                         Some(Ok(true)) | None => {
-                            link.pending.pop_front();
+                            let record = link.pending.pop_front().expect("front");
+                            link.pending_bytes = link.pending_bytes.saturating_sub(record.body.len());
                         }
                         Some(Ok(false)) => break,
                         Some(Err(e)) => {
@@ -1175,7 +1272,8 @@ impl ServerShard {
                     }
                 }
                 _ => {
-                    link.pending.pop_front();
+                    let record = link.pending.pop_front().expect("front");
+                    link.pending_bytes = link.pending_bytes.saturating_sub(record.body.len());
                 }
             }
         }
@@ -1187,18 +1285,33 @@ impl ServerShard {
             }
         }
         if let Some(f) = failure.or_else(|| pipeline.failure()) {
-            if link.failure.is_none() {
-                eprintln!(
-                    "mirrorlog: database {db}: redo failed: {f}; the mirror stops redoing (its log is still hardened)"
-                );
-                link.failure = Some(f);
-            }
+            eprintln!("mirrorlog: database {db}: redo failed: {f}; the mirror stops redoing (its log is still hardened and acknowledged)");
+            link.failure = Some(f);
+            link.pending.clear();
+            link.tx.clear();
+            link.pending_bytes = 0;
         }
     }
 
     /// The timer: session ticks, dials, pings, retention, the mirror's checkpoints.
-    pub(super) fn peer_timer(&mut self) -> Result<()> {
+    pub(super) fn peer_timer(&mut self, ring: &mut Ring) -> Result<()> {
         let now = Instant::now();
+        if std::mem::take(&mut self.endpoint_accept_failed) {
+            self.start_endpoint(ring)?;
+        }
+        // A connection that has not authenticated within the partner timeout is dropped (a peer
+        // that accepts and goes silent must not keep the principal from dialing again).
+        let deadline = self.config.mirroring.partner_timeout;
+        let stale: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, c)| !c.closed && !matches!(c.phase, Phase::Ready { .. }) && c.migrate_to.is_none())
+            .filter(|(_, c)| now.saturating_duration_since(c.started) >= deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.close_peer(id, "no authentication within the partner timeout");
+        }
         for db in 0..self.links.len() {
             match self.links[db].as_mut() {
                 Some(Link::Principal(link)) => {
@@ -1219,6 +1332,11 @@ impl ServerShard {
                     }
                     self.mirror_dispatch(db);
                     self.mirror_checkpoint(db);
+                    if let Some(Link::Mirror(link)) = self.links[db].as_ref() {
+                        if let Some(id) = link.conn {
+                            self.post_peer_recv(ring, id)?;
+                        }
+                    }
                 }
                 None => {}
             }
@@ -1260,7 +1378,9 @@ impl ServerShard {
         let database = self.dbs[db].as_mut().expect("owned");
         let Some(Link::Principal(link)) = self.links[db].as_mut() else { return };
         let max = self.config.mirroring.max_log_retention;
-        if database.log.retained_bytes() <= max {
+        // What the mirror holds back, not what checkpoints have not released yet.
+        let Some(hold) = database.log.retention_hold() else { return };
+        if database.log.lsn_appended().0.saturating_sub(hold.0) <= max {
             return;
         }
         let reason = format!(
@@ -1648,6 +1768,22 @@ fn check_tail(database: &crate::store::database::Database, info: &ReadyInfo) -> 
         }
         _ => Err(diverged(format!("the records at {} differ", tail.lsn))),
     }
+}
+
+/// Dispatches one transaction's page records in pieces that fit the rings (each piece keeps
+/// the records' order). Ok(false) if even a piece does not fit now.
+fn dispatch_in_pieces(pipeline: &mut RedoPipeline, tx: &mut Vec<RedoRecord>) -> Result<bool> {
+    let piece = (REDO_RING_CAPACITY / 2).max(1);
+    while !tx.is_empty() {
+        let rest = tx.split_off(piece.min(tx.len()));
+        let mut part = std::mem::replace(tx, rest);
+        if !pipeline.try_dispatch(&mut part)? {
+            part.append(tx);
+            *tx = part;
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether encoded frame bytes are a REFUSE.
