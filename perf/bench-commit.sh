@@ -9,8 +9,8 @@
 # tps/p50/p99, the tps ratio and the p99 ratio, plus the floors. A part that fails or is missing
 # shows as n/a. Everything (table and raw outputs) goes to perf/results/<date>-bench-commit.txt.
 # Env: DUR (seconds per mirrorlog row and per pgbench run, 10), PG_REPS (1), PG_MODES ("local on";
-#      the anchor's ratios need "local"), FLOOR_REPS (1), FLOOR_NOPS (3000), FIRST_CORE (unset:
-#      servers unpinned), ANCHORS (../shared/anchors), SKIP_PG=1 / SKIP_FLOOR=1 to leave one out.
+#      the anchor's ratios need "local"), FLOOR_REPS (1), FLOOR_NOPS (3000), FIRST_CORE (unset: principal on core 0,
+#      mirror on core 1; "none": unpinned), ANCHORS (../shared/anchors), SKIP_PG=1 / SKIP_FLOOR=1 to leave one out.
 # The mirrorlog run gets the anchors' default noise treatment (nice -10) when allowed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
