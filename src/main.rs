@@ -43,7 +43,7 @@ enum Command {
     /// every second; Ctrl-C stops both. Data persists in --dir across runs.
     Quickstart {
         /// Holds both servers' data, the endpoint key and their logs.
-        #[arg(long, default_value = "./quickstart-data")]
+        #[arg(long, default_value = "./mirrorlog-data/quickstart")]
         dir: PathBuf,
         /// The principal's RESP port (the mirror listens on the next one).
         #[arg(long, default_value_t = 6379)]

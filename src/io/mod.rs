@@ -7,3 +7,4 @@ pub mod net;
 pub mod probe;
 pub mod ring;
 pub mod shard;
+pub mod shared_buf;

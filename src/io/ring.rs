@@ -51,7 +51,7 @@ enum Held {
     Buf(AlignedBuf),
     /// A buffer with more than one reader in flight: the log block being written to disk and
     /// sent to the mirror at once. Each operation holds a reference; neither writes to it.
-    Shared(std::sync::Arc<AlignedBuf>),
+    Shared(crate::io::shared_buf::SharedBuf),
     /// A sendmsg: its header, the I/O vectors pointing into `head` and the shared body.
     Msg(Box<HeldMsg>),
     Timespec(Box<types::Timespec>),
@@ -66,7 +66,7 @@ struct HeldMsg {
     iov: [libc::iovec; 2],
     #[allow(dead_code)] // only held
     head: Vec<u8>,
-    body: std::sync::Arc<AlignedBuf>,
+    body: crate::io::shared_buf::SharedBuf,
 }
 
 struct Slot {
@@ -100,7 +100,7 @@ pub struct Completion {
     pub buf: Option<AlignedBuf>,
     /// The shared buffer of a `write_shared_at` or `send_zc_shared`, handed back with the final
     /// completion (the caller recycles it once no other operation holds it).
-    pub shared: Option<std::sync::Arc<AlignedBuf>>,
+    pub shared: Option<crate::io::shared_buf::SharedBuf>,
     /// The peer of an accepted connection.
     pub peer: Option<SocketAddr>,
 }
@@ -264,7 +264,7 @@ impl Ring {
     pub fn write_shared_at(
         &mut self,
         file: &std::sync::Arc<std::fs::File>,
-        buf: std::sync::Arc<AlignedBuf>,
+        buf: crate::io::shared_buf::SharedBuf,
         len: usize,
         offset: u64,
         rw_flags: i32,
@@ -283,14 +283,14 @@ impl Ring {
     pub fn send_zc_shared(
         &mut self,
         socket: RawFd,
-        buf: std::sync::Arc<AlignedBuf>,
+        buf: crate::io::shared_buf::SharedBuf,
         start: usize,
         len: usize,
         token: Token,
     ) -> Result<OpId> {
         assert!(start + len <= buf.capacity());
-        // SAFETY: start + len is within the allocation (asserted above); the Arc held in the slot
-        // keeps the memory alive until the notification.
+        // SAFETY: start + len is within the allocation (asserted above); the holder kept in the
+        // slot keeps the memory alive until the notification.
         let ptr = unsafe { buf.as_ptr().add(start) };
         let entry = opcode::SendZc::new(types::Fd(socket), ptr, len as u32)
             .flags(libc::MSG_NOSIGNAL)
@@ -306,7 +306,7 @@ impl Ring {
         &mut self,
         socket: RawFd,
         head: Vec<u8>,
-        body: std::sync::Arc<AlignedBuf>,
+        body: crate::io::shared_buf::SharedBuf,
         start: usize,
         len: usize,
         token: Token,

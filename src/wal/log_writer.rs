@@ -28,6 +28,7 @@ use crate::io::buffer::AlignedBuf;
 use crate::io::doorbell::Doorbell;
 use crate::io::file::open_direct;
 use crate::io::ring::{Completion, Ring, Token};
+use crate::io::shared_buf::SharedBuf;
 use std::sync::Arc as FileArc;
 
 use crate::sync::Arc;
@@ -177,7 +178,7 @@ pub struct LogWriter {
 /// of log stream positions `from..to` are `buf[from - start .. to - start]`. The buffer is the
 /// one being written; it must not be changed, and goes back through `recycle_shared`.
 pub struct ShippedBatch {
-    pub buf: FileArc<AlignedBuf>,
+    pub buf: SharedBuf,
     pub start: Lsn,
     pub from: Lsn,
     pub to: Lsn,
@@ -643,8 +644,8 @@ impl LogWriter {
             Gathering { buf: next, start_lsn: next_start, batch_lsn: end, sealed: false, records: 0 },
         );
         let file = self.segment.file.clone();
-        let shared = FileArc::new(gathered.buf);
-        ring.write_shared_at(&file, shared.clone(), write_len, offset, libc::RWF_DSYNC, self.op_token)?;
+        let shared = SharedBuf::new(gathered.buf);
+        ring.write_shared_at(&file, shared.share(), write_len, offset, libc::RWF_DSYNC, self.op_token)?;
         if self.shipping {
             self.shipped.push(ShippedBatch {
                 buf: shared,
@@ -652,6 +653,8 @@ impl LogWriter {
                 from: gathered.batch_lsn,
                 to: end,
             });
+        } else {
+            self.recycle_shared(shared);
         }
         self.in_flight = Some(InFlight { end_lsn: end, write_len, records, _file: file });
         if closes_segment {
@@ -771,8 +774,8 @@ impl LogWriter {
 
     /// Takes back a reference to a log buffer; the last holder (disk write or network send)
     /// returns the buffer to the spares.
-    pub fn recycle_shared(&mut self, shared: FileArc<AlignedBuf>) {
-        if let Ok(buf) = FileArc::try_unwrap(shared) {
+    pub fn recycle_shared(&mut self, shared: SharedBuf) {
+        if let Some(buf) = shared.release() {
             if self.spare_bufs.len() < LOG_BUFFERS_PER_LOG {
                 self.spare_bufs.push(buf);
             }

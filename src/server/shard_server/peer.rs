@@ -913,7 +913,7 @@ impl ServerShard {
                     ring.sendmsg_zc_shared(
                         fd,
                         header[offset..].to_vec(),
-                        batch.buf.clone(),
+                        batch.buf.share(),
                         body_start,
                         body_len,
                         token(KIND_PEER_SEND, id),
@@ -921,7 +921,7 @@ impl ServerShard {
                 } else {
                     let sent = offset - header.len();
                     let start = body_start + sent;
-                    ring.send_zc_shared(fd, batch.buf.clone(), start, body_len - sent, token(KIND_PEER_SEND, id))?;
+                    ring.send_zc_shared(fd, batch.buf.share(), start, body_len - sent, token(KIND_PEER_SEND, id))?;
                 }
             }
         }
