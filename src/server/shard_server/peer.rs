@@ -62,8 +62,8 @@ const UNAUTHENTICATED_MAX: usize = 64;
 const REDO_PENDING_BYTES_MAX: usize = 64 << 20;
 /// Redo ring slots per worker.
 const REDO_RING_CAPACITY: usize = 1 << 14;
-/// Pages each redo worker caches.
-const REDO_CACHE_PAGES_PER_WORKER: usize = 8192;
+/// Pages each redo worker caches at least (they share the database's --cache-size budget).
+const REDO_CACHE_PAGES_PER_WORKER_MIN: usize = 1024;
 
 const _: () = assert!(CATCH_UP_CHUNK <= frame::FRAME_BODY_MAX);
 const _: () = assert!(crate::constants::LOG_BUFFER_SIZE <= frame::FRAME_BODY_MAX);
@@ -324,7 +324,13 @@ impl ServerShard {
             db_id_of(db),
             redone,
             self.config.mirroring.redo_workers,
-            REDO_CACHE_PAGES_PER_WORKER,
+            // The mirror's pages live in its redo workers, not in the buffer pool: they get the
+            // database's share of --cache-size, as the principal's pool does.
+            (self.config.cache_size as usize
+                / crate::store::page::PAGE_SIZE
+                / self.config.databases
+                / self.config.mirroring.redo_workers)
+                .max(REDO_CACHE_PAGES_PER_WORKER_MIN),
             REDO_RING_CAPACITY,
         )?;
         // A transaction the log ends inside continues when the rest arrives from the principal.
