@@ -16,6 +16,8 @@ pub enum CtlRequest {
     Suspend,
     Resume,
     Remove,
+    Failover,
+    ForceService,
 }
 
 impl CtlRequest {
@@ -28,6 +30,8 @@ impl CtlRequest {
             CtlRequest::Suspend => vec!["MIRROR", "SUSPEND"],
             CtlRequest::Resume => vec!["MIRROR", "RESUME"],
             CtlRequest::Remove => vec!["MIRROR", "OFF"],
+            CtlRequest::Failover => vec!["MIRROR", "FAILOVER"],
+            CtlRequest::ForceService => vec!["MIRROR", "FORCE_SERVICE"],
         };
         words.into_iter().map(|w| w.as_bytes().to_vec()).collect()
     }

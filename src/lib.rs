@@ -17,6 +17,7 @@ pub mod quickstart;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod testing;
 pub mod wal;
 pub mod wire;
 

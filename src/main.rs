@@ -162,6 +162,12 @@ enum CtlCommand {
     Resume { db: usize },
     /// Ends the session (MIRROR OFF).
     Remove { db: usize },
+    /// Manual failover, on the principal: SAFETY FULL, SYNCHRONIZED; the roles swap with no
+    /// data loss (PENDING_FAILOVER while the log drains).
+    Failover { db: usize },
+    /// Forced service, on the mirror when the principal is gone: it serves with the log it has
+    /// (possible data loss) at a new role sequence that fences the old principal.
+    ForceService { db: usize },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +332,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 CtlCommand::Suspend { db } => (db, CtlRequest::Suspend),
                 CtlCommand::Resume { db } => (db, CtlRequest::Resume),
                 CtlCommand::Remove { db } => (db, CtlRequest::Remove),
+                CtlCommand::Failover { db } => (db, CtlRequest::Failover),
+                CtlCommand::ForceService { db } => (db, CtlRequest::ForceService),
             };
             let out = mirrorlog::ctl::run(args.server, args.password.as_deref(), db, &request)?;
             println!("{}", out.trim_end());

@@ -292,6 +292,12 @@ impl RedoPipeline {
         Ok(true)
     }
 
+    /// Whether a checkpoint is in flight (a second one waits until `checkpoint_complete` has
+    /// returned the first).
+    pub fn checkpoint_in_flight(&self) -> bool {
+        self.checkpoint_pending.is_some()
+    }
+
     /// Polls the checkpoint in flight: Ok(None) while some worker is still writing (or none is in
     /// flight); once every worker has written its pages, fdatasyncs the data file (the only
     /// blocking call, one per checkpoint) and returns Some(lsn): the caller may now record the

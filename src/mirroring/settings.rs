@@ -38,6 +38,12 @@ pub struct MirroringSettings {
     pub safety: SafetyLevel,
     /// Why the session is suspended, if it is.
     pub suspended: Option<String>,
+    /// The role sequence (epoch) this database acts in; it only grows, and is written here
+    /// before the database acts in a new role.
+    pub role_sequence: u64,
+    /// A newer principal exists (at this role sequence): this copy takes neither writes nor
+    /// reads until it rejoins as a mirror.
+    pub fenced_by: Option<u64>,
 }
 
 pub fn path(db_dir: &Path) -> PathBuf {
@@ -58,8 +64,13 @@ pub fn parse_partner(text: &str) -> Result<std::net::SocketAddr> {
 
 impl MirroringSettings {
     fn encode(&self) -> String {
-        let mut text =
-            format!("version {FORMAT_VERSION}\nrole {}\npartner {}\nsafety {}\n", self.role, self.partner, self.safety);
+        let mut text = format!(
+            "version {FORMAT_VERSION}\nrole {}\npartner {}\nsafety {}\nrole_sequence {}\n",
+            self.role, self.partner, self.safety, self.role_sequence
+        );
+        if let Some(by) = self.fenced_by {
+            text.push_str(&format!("fenced_by {by}\n"));
+        }
         if let Some(reason) = &self.suspended {
             text.push_str(&format!("suspended {}\n", reason.replace('\n', " ")));
         }
@@ -78,6 +89,7 @@ impl MirroringSettings {
             return Err(bad("checksum mismatch (damaged file)"));
         }
         let (mut role, mut partner, mut safety, mut suspended) = (None, None, None, None);
+        let (mut role_sequence, mut fenced_by) = (1u64, None);
         for line in body.lines() {
             let (name, value) = line.split_once(' ').unwrap_or((line, ""));
             match name {
@@ -93,6 +105,8 @@ impl MirroringSettings {
                 "partner" => partner = Some(value.to_string()),
                 "safety" => safety = Some(SafetyLevel::parse(value).ok_or_else(|| bad("unknown safety level"))?),
                 "suspended" => suspended = Some(value.to_string()),
+                "role_sequence" => role_sequence = value.parse().map_err(|_| bad("unreadable role sequence"))?,
+                "fenced_by" => fenced_by = Some(value.parse().map_err(|_| bad("unreadable fenced_by"))?),
                 _ => return Err(bad(&format!("unknown setting {name:?}"))),
             }
         }
@@ -101,6 +115,8 @@ impl MirroringSettings {
             partner: partner.ok_or_else(|| bad("no partner"))?,
             safety: safety.ok_or_else(|| bad("no safety level"))?,
             suspended,
+            role_sequence,
+            fenced_by,
         })
     }
 
@@ -151,6 +167,8 @@ mod tests {
             partner: "tcp://127.0.0.1:5022".into(),
             safety: SafetyLevel::Full,
             suspended: Some("by an administrator".into()),
+            role_sequence: 3,
+            fenced_by: Some(4),
         };
         settings.store(dir.path()).unwrap();
         assert_eq!(MirroringSettings::load(dir.path()).unwrap(), Some(settings.clone()));

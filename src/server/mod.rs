@@ -151,7 +151,7 @@ pub fn run(
                 return Ok(());
             }
             let mut work = shard_server::ServerShard::new(config, index, shared, dbs, listener, addr.port());
-            work.set_endpoint(endpoint);
+            work.set_endpoint(endpoint, endpoint_addr);
             work.init_mirroring()?;
             shard::run(ring, &mut work)
         })?);
@@ -217,7 +217,8 @@ fn open_databases(
             dir,
             restoring,
             db_id: DbId(i as u64 + 1),
-            epoch: Epoch(1),
+            // The role sequence this database last acted in (1 for a database never mirrored).
+            epoch: Epoch(settings.as_ref().map(|s| s.role_sequence).unwrap_or(1)),
             cache_pages,
             segment_size: config.segment_size,
         };

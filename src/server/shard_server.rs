@@ -153,6 +153,13 @@ pub struct ServerShard {
     release_dbs: Vec<usize>,
     /// The endpoint's accept failed: it is posted again on the next timer tick.
     endpoint_accept_failed: bool,
+    /// Where partners reach this server's endpoint.
+    endpoint_addr: Option<std::net::SocketAddr>,
+    /// Role changes asked for by frames or commands, run in `before_sleep` (see `peer`).
+    pending_fences: Vec<(usize, crate::wal::Epoch)>,
+    pending_failovers: Vec<(u64, usize, crate::wire::frame::FrameHeader, Vec<u8>)>,
+    pending_role_changes: Vec<(usize, crate::wal::Epoch)>,
+    pending_force_service: Vec<usize>,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
@@ -206,6 +213,11 @@ impl ServerShard {
             deferred_session_commands: Vec::new(),
             release_dbs: Vec::new(),
             endpoint_accept_failed: false,
+            endpoint_addr: None,
+            pending_fences: Vec::new(),
+            pending_failovers: Vec::new(),
+            pending_role_changes: Vec::new(),
+            pending_force_service: Vec::new(),
         }
     }
 
@@ -463,14 +475,8 @@ impl ServerShard {
                 queue_now(conn, reply);
                 continue;
             }
-            if self.refuses_clients(conn.session.db) && !commands::is_connection_command(args[0]) {
-                queue_now(
-                    conn,
-                    Reply::error(format!(
-                        "READONLY database {} is a mirror (RESTORING): it can be neither read nor written; connect to the principal",
-                        conn.session.db
-                    )),
-                );
+            if let Some(why) = self.refuses_clients(conn.session.db).filter(|_| !commands::is_connection_command(args[0])) {
+                queue_now(conn, Reply::error(why));
                 continue;
             }
             let info = ServerInfo {

@@ -50,8 +50,6 @@ pub struct RedoReport {
     /// Those records themselves (kind, body, end LSN): a mirror completes the transaction when
     /// the rest of it arrives.
     pub incomplete_transaction: Vec<(RecordKind, Vec<u8>, Lsn)>,
-    /// The log's last record: where it starts, and its header.
-    pub last_record: Option<(Lsn, crate::wal::record::RecordHeader)>,
 }
 
 /// A transaction whose records are being appended.
@@ -88,6 +86,10 @@ pub struct Database {
     pub checkpoints: u64,
     pub redo_report: RedoReport,
     restoring: bool,
+    cache_pages: usize,
+    db_id: DbId,
+    /// No new command starts (a manual failover drains the log first).
+    pub failover_pending: bool,
     /// Log a CHECKPOINT record after each periodic checkpoint (a principal does, so its mirror
     /// can checkpoint at the same LSN).
     pub log_checkpoint_records: bool,
@@ -120,6 +122,9 @@ impl Database {
             checkpoints: 0,
             redo_report,
             restoring: config.restoring,
+            cache_pages: config.cache_pages,
+            db_id: config.db_id,
+            failover_pending: false,
             log_checkpoint_records: false,
         };
         db.last_commit = db.log.lsn_hardened();
@@ -204,7 +209,42 @@ impl Database {
     /// Whether new commands must wait: a transaction is being appended, or a checkpoint waits
     /// for the log to drain.
     pub fn paused(&self) -> bool {
-        self.pending.is_some() || self.checkpoint_requested
+        self.pending.is_some() || self.checkpoint_requested || self.failover_pending
+    }
+
+    /// A principal hands its role over (manual failover): with its log fully hardened, its
+    /// pages are checkpointed and its cache dropped; from now on it is a mirror copy
+    /// (RESTORING) whose pages belong to a redo pipeline.
+    pub fn become_restoring(&mut self) -> Result<()> {
+        if !self.checkpoint_now()? {
+            return Err(Error::Mirroring("the log is not drained: cannot hand the role over".into()));
+        }
+        self.restoring = true;
+        self.failover_pending = false;
+        self.log_checkpoint_records = false;
+        self.pool = BufferPool::new(DataFile::open(&self.dir.join("data.pages"), self.db_id)?, self.cache_pages);
+        self.pool.set_hardened(self.log.lsn_hardened());
+        Ok(())
+    }
+
+    /// A mirror copy takes the principal's role: its redo pipeline has written and synced every
+    /// page (the caller stopped it). The pages are read afresh, a log that ends inside a
+    /// transaction gets TX_ABORT, and a checkpoint makes the next change of every page log a
+    /// full image. Blocks on `ring` for those writes.
+    pub fn become_principal(&mut self, ring: &mut Ring, incomplete_tail: bool) -> Result<()> {
+        self.pool = BufferPool::new(DataFile::open(&self.dir.join("data.pages"), self.db_id)?, self.cache_pages);
+        self.pool.set_hardened(self.log.lsn_hardened());
+        self.restoring = false;
+        if incomplete_tail {
+            self.log.append(redo::TX_ABORT, &[]).map_err(Error::from)?;
+        }
+        self.harden_blocking(ring)?;
+        self.last_commit = self.log.lsn_hardened();
+        self.checkpoint_now()?;
+        if !btree::exists(&mut self.pool)? {
+            return Err(Error::Mirroring("the mirror copy holds no tree: nothing was ever shipped to it".into()));
+        }
+        Ok(())
     }
 
     pub fn checkpoint_lsn(&self) -> Lsn {
@@ -396,10 +436,8 @@ fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result
     let mut pages: HashMap<PageId, (AlignedBuf, bool)> = HashMap::new();
     let mut open_tx: Vec<(RecordKind, Vec<u8>, Lsn)> = Vec::new();
     let mut failure: Option<Error> = None;
-    let mut last_record = None;
     recovery::scan(log_dir, Some(db_id), |header, body| {
         let end = header.lsn.advance(record_size(body.len()) as u64);
-        last_record = Some((header.lsn, *header));
         if header.lsn < from || failure.is_some() {
             return;
         }
@@ -423,7 +461,6 @@ fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result
     }
     report.incomplete_transaction_records = open_tx.len() as u64;
     report.incomplete_transaction = open_tx;
-    report.last_record = last_record;
     for (_, (mut buf, trusted)) in pages {
         if !trusted {
             return Err(Error::PageCorrupt(page::PageError::ChecksumMismatch(page::page_id(&buf))));

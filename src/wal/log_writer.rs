@@ -171,6 +171,8 @@ pub struct LogWriter {
     retention_hold: Option<Lsn>,
     /// What checkpoints last allowed to release.
     retention_checkpoint: Lsn,
+    /// Header of the last record appended (a mirror's partner checks it: see `last_record`).
+    last_record: Option<record::RecordHeader>,
     pub stats: LogStats,
 }
 
@@ -198,7 +200,8 @@ impl LogWriter {
         std::fs::create_dir_all(&config.dir).context(|| format!("create {}", config.dir.display()))?;
         crate::io::probe::check_direct_io(&config.dir)?;
         segment::remove_temporary_files(&config.dir)?;
-        let mut report = recovery::scan(&config.dir, Some(config.db_id), |_, _| {})?;
+        let mut last_record = None;
+        let mut report = recovery::scan(&config.dir, Some(config.db_id), |header, _| last_record = Some(*header))?;
         if let Some(last) = report.last_epoch {
             if last > config.epoch {
                 return Err(Error::Config(format!(
@@ -263,6 +266,7 @@ impl LogWriter {
             shipped: Vec::new(),
             retention_hold: None,
             retention_checkpoint: Lsn::ZERO,
+            last_record,
             stats: LogStats::default(),
             config,
         };
@@ -306,6 +310,12 @@ impl LogWriter {
 
     pub fn epoch(&self) -> Epoch {
         self.config.epoch
+    }
+
+    /// Records appended from now on carry role sequence `epoch` (it never goes back).
+    pub fn set_epoch(&mut self, epoch: Epoch) {
+        assert!(epoch >= self.config.epoch, "role sequence went back from {} to {epoch}", self.config.epoch);
+        self.config.epoch = epoch;
     }
 
     pub fn lsn_appended(&self) -> Lsn {
@@ -387,6 +397,7 @@ impl LogWriter {
             body,
         );
         self.gathering.records += 1;
+        self.last_record = record::parse_header(&self.gathering.buf[at..at + size]);
         self.lsn_appended = lsn.advance(size as u64);
         Ok(self.lsn_appended)
     }
@@ -569,6 +580,7 @@ impl LogWriter {
                 self.config.epoch,
                 self.gathering.batch_lsn,
             );
+            self.last_record = record::parse_header(&self.gathering.buf[at..at + remaining]);
             self.lsn_appended = segment_end;
         } else {
             // Too small for a header: recovery skips such a remainder.
@@ -787,6 +799,12 @@ impl LogWriter {
     pub fn set_retention_hold(&mut self, hold: Option<Lsn>) {
         self.retention_hold = hold;
         self.set_retention_lsn(self.retention_checkpoint);
+    }
+
+    /// The header of the last record appended (recovered at open): where it starts, its kind,
+    /// body length and body checksum identify it across the two partners' logs.
+    pub fn last_record(&self) -> Option<record::RecordHeader> {
+        self.last_record
     }
 
     /// The mirroring hold, if any.

@@ -70,10 +70,15 @@ pub enum FrameKind {
     Ack = 7,
     Ping = 8,
     Pong = 9,
+    /// Principal → mirror (manual failover): everything up to `lsn_to` is sent; take over as
+    /// principal with role sequence `epoch`. The body is the principal's endpoint, UTF-8.
+    Failover = 10,
+    /// Mirror → principal: the failover at `lsn_to` is persisted; the sender is principal now.
+    FailoverDone = 11,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 9] = [
+    pub const ALL: [FrameKind; 11] = [
         FrameKind::Hello,
         FrameKind::Challenge,
         FrameKind::Proof,
@@ -83,6 +88,8 @@ impl FrameKind {
         FrameKind::Ack,
         FrameKind::Ping,
         FrameKind::Pong,
+        FrameKind::Failover,
+        FrameKind::FailoverDone,
     ];
 
     pub fn from_u8(byte: u8) -> Option<FrameKind> {
@@ -451,7 +458,7 @@ mod tests {
             }
         }
         assert_eq!(FrameKind::from_u8(0), None);
-        assert_eq!(FrameKind::from_u8(10), None);
+        assert_eq!(FrameKind::from_u8(12), None);
     }
 
     #[test]

@@ -182,6 +182,16 @@ pub(super) struct PrincipalLink {
     frames_live: u64,
     frames_catch_up: u64,
     bytes_sent: u64,
+    /// A manual failover in progress (PENDING_FAILOVER).
+    failover: Option<Failover>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Failover {
+    /// New commands wait while the log drains and the mirror hardens all of it.
+    Draining { since: Instant },
+    /// FAILOVER sent at this LSN: the mirror takes role sequence `epoch`.
+    Sent { lsn: Lsn, epoch: Epoch, since: Instant },
 }
 
 pub(super) struct MirrorLink {
@@ -221,11 +231,13 @@ fn db_id_of(db: usize) -> DbId {
     DbId(db as u64 + 1)
 }
 
-const EPOCH: Epoch = Epoch(1);
 
 impl ServerShard {
-    pub fn set_endpoint(&mut self, listener: Option<OwnedFd>) {
+    /// The endpoint's listener (shard 0 only) and the address partners reach this server's
+    /// endpoint at (every shard: a failover tells the new principal where its mirror is).
+    pub fn set_endpoint(&mut self, listener: Option<OwnedFd>, addr: Option<SocketAddr>) {
         self.endpoint = listener;
+        self.endpoint_addr = addr;
     }
 
     /// Reads each owned database's mirroring settings (creating them from the command line's
@@ -251,6 +263,8 @@ impl ServerShard {
                     partner: m.partner.clone().unwrap_or_default(),
                     safety: m.safety,
                     suspended: None,
+                    role_sequence: database.log.epoch().0,
+                    fenced_by: None,
                 });
                 settings.as_ref().expect("set").store(&dir)?;
             } else if let (None, Some(partner), false) = (&settings, &m.partner, database.is_restoring()) {
@@ -259,6 +273,8 @@ impl ServerShard {
                     partner: partner.clone(),
                     safety: m.safety,
                     suspended: None,
+                    role_sequence: database.log.epoch().0,
+                    fenced_by: None,
                 });
                 settings.as_ref().expect("set").store(&dir)?;
             } else if let (Some(s), Some(partner)) = (settings.as_mut(), &m.partner) {
@@ -312,6 +328,7 @@ impl ServerShard {
             frames_live: 0,
             frames_catch_up: 0,
             bytes_sent: 0,
+            failover: None,
         })))
     }
 
@@ -348,10 +365,11 @@ impl ServerShard {
             .map(|(kind, body, end_lsn)| RedoRecord { kind, body, end_lsn })
             .collect();
         let hardened = database.log.lsn_hardened();
+        // Everything appended is hardened here (at start-up, and when a principal hands over).
         let tail_hardened = database
-            .redo_report
-            .last_record
-            .map(|(lsn, h)| LogTail { lsn, body_crc: h.body_crc, body_len: h.body_len, kind: h.kind.0 })
+            .log
+            .last_record()
+            .map(|h| LogTail { lsn: h.lsn, body_crc: h.body_crc, body_len: h.body_len, kind: h.kind.0 })
             .unwrap_or_default();
         Ok(Link::Mirror(Box::new(MirrorLink {
             settings,
@@ -536,7 +554,14 @@ impl ServerShard {
         let conn = self.peers.get_mut(&id).expect("present");
         match &mut conn.phase {
             Phase::Connecting => Err("a frame before the connection was set up".into()),
-            Phase::Dialing(dialer) => match dialer.on_frame(header, &body).map_err(|e| e.to_string())? {
+            Phase::Dialing(dialer) => match dialer.on_frame(header, &body).map_err(|e| {
+                if let handshake::HandshakeError::Refused(reason) = &e {
+                    if let Some(by) = reason.strip_prefix("FENCED ").and_then(|r| r.split(':').next()?.parse().ok()) {
+                        self.pending_fences.push((conn.db.expect("dialed"), Epoch(by)));
+                    }
+                }
+                e.to_string()
+            })? {
                 DialerStep::Send(proof) => {
                     conn.out.push_back(Outgoing::Bytes(proof));
                     Ok(true)
@@ -615,6 +640,10 @@ impl ServerShard {
         let Some(Link::Principal(link)) = self.links[db].as_mut() else {
             return Err("this database is no longer a principal".into());
         };
+        if info.epoch > database.log.epoch() {
+            self.pending_fences.push((db, info.epoch));
+            return Err(format!("the mirror acts at role sequence {}: this principal is stale", info.epoch.0));
+        }
         if info.segment_size != self.config.segment_size {
             return Err(format!(
                 "the mirror's log segments are {} bytes, this principal's {}; both must use the same --segment-size",
@@ -762,10 +791,11 @@ impl ServerShard {
             return Ok(());
         }
         let key = self.config.mirroring.key.clone().expect("mirroring has a key");
+        let epoch = self.dbs[db].as_ref().expect("owned").log.epoch();
         let (dialer, hello) = Dialer::start(
             &key,
             db_id_of(db),
-            EPOCH,
+            epoch,
             self.config.segment_size,
             self.config.mirroring.log_compression,
             handshake::random_nonce(),
@@ -803,7 +833,7 @@ impl ServerShard {
                 Ok(Some((from, to, bytes))) => {
                     let Phase::Ready { version, compress } = conn.phase else { return };
                     let frame =
-                        frame::encode_frame(version, FrameKind::Log, db_id_of(db), EPOCH, from, to, &bytes, compress);
+                        frame::encode_frame(version, FrameKind::Log, db_id_of(db), database.log.epoch(), from, to, &bytes, compress);
                     link.bytes_sent += frame.len() as u64;
                     link.frames_catch_up += 1;
                     conn.out.push_back(Outgoing::Bytes(frame));
@@ -841,7 +871,7 @@ impl ServerShard {
                                 version,
                                 FrameKind::Log,
                                 db_id_of(db),
-                                EPOCH,
+                                database.log.epoch(),
                                 from,
                                 to,
                                 batch.bytes(),
@@ -855,7 +885,7 @@ impl ServerShard {
                                 version,
                                 FrameKind::Log,
                                 db_id_of(db),
-                                EPOCH,
+                                database.log.epoch(),
                                 from,
                                 to,
                                 batch.bytes(),
@@ -878,6 +908,7 @@ impl ServerShard {
                 }
             }
         }
+        self.run_role_changes(ring)?;
         self.run_deferred_session_commands();
         let release = std::mem::take(&mut self.release_dbs);
         for db in release {
@@ -1056,6 +1087,22 @@ impl ServerShard {
                 }
                 self.mirror_receive(db, header, body)
             }
+            (Some(Link::Mirror(link)), FrameKind::Failover) => {
+                if link.conn != Some(id) {
+                    return Err("FAILOVER on a connection that was replaced".into());
+                }
+                self.pending_failovers.push((id, db, *header, body.to_vec()));
+                Ok(true)
+            }
+            (Some(Link::Principal(link)), FrameKind::FailoverDone) => {
+                match link.failover {
+                    Some(Failover::Sent { lsn, epoch, .. }) if lsn == header.lsn_to && epoch == header.epoch => {
+                        self.pending_role_changes.push((db, epoch));
+                        Ok(true)
+                    }
+                    _ => Err("an unexpected FAILOVER_DONE".into()),
+                }
+            }
             (_, FrameKind::Refuse) => Err(format!("the partner refused: {}", String::from_utf8_lossy(body))),
             (_, kind) => Err(format!("unexpected {kind:?} frame")),
         }
@@ -1063,8 +1110,9 @@ impl ServerShard {
 
     /// Queues a small frame carrying an LSN (ACK, PONG).
     fn queue_control(&mut self, id: u64, db: usize, kind: FrameKind, lsn: Lsn) {
+        let epoch = self.dbs[db].as_ref().expect("owned").log.epoch();
         let Some(conn) = self.peers.get_mut(&id) else { return };
-        let bytes = frame::encode_frame(conn.version(), kind, db_id_of(db), EPOCH, lsn, lsn, &[], false);
+        let bytes = frame::encode_frame(conn.version(), kind, db_id_of(db), epoch, lsn, lsn, &[], false);
         conn.out.push_back(Outgoing::Bytes(bytes));
     }
 
@@ -1073,9 +1121,17 @@ impl ServerShard {
     fn mirror_accept(&mut self, id: u64, version: u16, hello: handshake::Hello) {
         let db = hello.db_id.0.wrapping_sub(1) as usize;
         let refuse = |reason: String| reason;
+        let mut superseded = None;
         let result = match (self.links.get(db).and_then(|l| l.as_ref()), self.dbs.get(db).and_then(|d| d.as_ref())) {
             (Some(Link::Mirror(_)), Some(database)) => {
-                if hello.segment_size != self.config.segment_size {
+                let ours = database.log.epoch();
+                if hello.epoch < ours {
+                    // Fencing: a principal of an older role sequence is refused, whatever it sends.
+                    Err(refuse(format!(
+                        "FENCED {}: role sequence {} is stale; this database acts at role sequence {}",
+                        ours.0, hello.epoch.0, ours.0
+                    )))
+                } else if hello.segment_size != self.config.segment_size {
                     Err(refuse(format!(
                         "log segment sizes differ: the principal's are {} bytes, this mirror's {}",
                         hello.segment_size, self.config.segment_size
@@ -1084,9 +1140,24 @@ impl ServerShard {
                     Ok(database.log.lsn_hardened())
                 }
             }
+            (_, Some(database)) if hello.epoch > database.log.epoch() => {
+                // A principal of a newer role sequence: this database was superseded (forced
+                // service, or a failover it did not see finish). It stops serving at once.
+                superseded = Some(hello.epoch);
+                Err(refuse(format!(
+                    "database {db} here acted at role sequence {}; it is fenced now (a fenced principal does not yet rejoin as mirror by itself)",
+                    database.log.epoch().0
+                )))
+            }
             (_, Some(_)) => Err(refuse(format!("database {db} is not a mirror here (it is not RESTORING)"))),
             _ => Err(refuse(format!("database {db} is not served by this shard"))),
         };
+        if let Some(by) = superseded {
+            self.fence(db, by);
+        }
+        if result.is_ok() {
+            self.adopt_role_sequence(db, hello.epoch);
+        }
         let Some(conn) = self.peers.get_mut(&id) else { return };
         conn.db = Some(db);
         match result {
@@ -1102,14 +1173,15 @@ impl ServerShard {
                 while link.tails.front().is_some_and(|(end, _)| *end <= hardened) {
                     link.tail_hardened = link.tails.pop_front().expect("front").1;
                 }
+                let epoch = self.dbs[db].as_ref().expect("owned").log.epoch();
                 let info = ReadyInfo {
                     lsn_hardened: hardened,
-                    epoch: EPOCH,
+                    epoch,
                     segment_size: self.config.segment_size,
                     tail: link.tail_hardened,
                 };
                 let conn = self.peers.get_mut(&id).expect("present");
-                conn.out.push_back(Outgoing::Bytes(handshake::encode_ready(version, db_id_of(db), EPOCH, &info)));
+                conn.out.push_back(Outgoing::Bytes(handshake::encode_ready(version, db_id_of(db), epoch, &info)));
                 let peer = conn.peer.clone();
                 let Some(Link::Mirror(link)) = self.links[db].as_mut() else { unreachable!() };
                 let old = link.conn.replace(id);
@@ -1279,6 +1351,7 @@ impl ServerShard {
                         }
                     }
                 }
+                redo::CHECKPOINT if pipeline.checkpoint_in_flight() => break, // after the one in flight
                 redo::CHECKPOINT => {
                     let redo_lsn = front.body.get(..8).map(|b| Lsn(u64::from_le_bytes(b.try_into().expect("8 bytes"))));
                     match redo_lsn.map(|lsn| pipeline.try_begin_checkpoint(lsn)) {
@@ -1387,7 +1460,7 @@ impl ServerShard {
             conn.version(),
             FrameKind::Ping,
             db_id_of(db),
-            EPOCH,
+            self.dbs[db].as_ref().expect("owned").log.epoch(),
             lsn,
             lsn,
             &[state, safety],
@@ -1564,7 +1637,7 @@ impl ServerShard {
         line("database", db.to_string());
         line("lsn_appended", database.log.lsn_appended().0.to_string());
         line("lsn_hardened", database.log.lsn_hardened().0.to_string());
-        line("role_sequence", EPOCH.0.to_string());
+        line("role_sequence", database.log.epoch().0.to_string());
         match &self.links[db] {
             None => {
                 line("role", "none".into());
@@ -1573,7 +1646,9 @@ impl ServerShard {
             Some(Link::Principal(link)) => {
                 let s = &link.session;
                 line("role", "principal".into());
-                line("state", s.state().to_string());
+                let state = if link.failover.is_some() { MirroringState::PendingFailover } else { s.state() };
+                line("state", state.to_string());
+                line("fenced_by", link.settings.fenced_by.map(|f| f.to_string()).unwrap_or_default());
                 line("safety", s.safety().to_string());
                 line("partner", link.settings.partner.clone());
                 line("partner_timeout_ms", s.partner_timeout().as_millis().to_string());
@@ -1661,8 +1736,13 @@ impl ServerShard {
                 _ => Reply::error("ERR SUSPEND and RESUME are given on the principal"),
             },
             ("OFF", "") => self.mirroring_off(db)?,
+            ("FAILOVER", "") => self.start_failover(db),
+            ("FORCE_SERVICE", "") => {
+                self.pending_force_service.push(db);
+                Reply::ok()
+            }
             _ => Reply::error(
-                "ERR usage: MIRROR STATUS | SET PARTNER tcp://HOST:PORT | SET SAFETY FULL|OFF | SUSPEND | RESUME | OFF",
+                "ERR usage: MIRROR STATUS | SET PARTNER tcp://HOST:PORT | SET SAFETY FULL|OFF | SUSPEND | RESUME | OFF | FAILOVER | FORCE_SERVICE",
             ),
         };
         Ok(reply)
@@ -1692,7 +1772,14 @@ impl ServerShard {
             return Ok(Reply::error("ERR a RESTORING database without mirroring settings cannot be set up here"));
         }
         let settings =
-            MirroringSettings { role: Role::Principal, partner, safety: self.config.mirroring.safety, suspended: None };
+            MirroringSettings {
+                role: Role::Principal,
+                partner,
+                safety: self.config.mirroring.safety,
+                suspended: None,
+                role_sequence: database.log.epoch().0,
+                fenced_by: None,
+            };
         settings.store(&dir)?;
         let link = self.principal_link(db, settings)?;
         self.links[db] = Some(link);
@@ -1729,10 +1816,328 @@ impl ServerShard {
         }
     }
 
-    /// Whether clients may not use database `db` (a mirror copy).
-    pub(super) fn refuses_clients(&self, db: usize) -> bool {
-        self.dbs[db].as_ref().is_some_and(|d| d.is_restoring())
+    /// Why clients may not use database `db`, if they may not: a mirror copy, or a principal
+    /// that a newer one superseded.
+    pub(super) fn refuses_clients(&self, db: usize) -> Option<String> {
+        let database = self.dbs[db].as_ref()?;
+        if database.is_restoring() {
+            return Some(format!(
+                "READONLY database {db} is a mirror (RESTORING): it can be neither read nor written; connect to the principal"
+            ));
+        }
+        match &self.links[db] {
+            Some(Link::Principal(link)) if link.settings.fenced_by.is_some() => Some(format!(
+                "READONLY database {db} is fenced: a principal of role sequence {} took over; connect to it",
+                link.settings.fenced_by.unwrap_or(0)
+            )),
+            Some(Link::Principal(link)) if link.failover.is_some() => None, // waits (paused) instead
+            _ => None,
+        }
     }
+
+    /// Database `db` learned of a principal at role sequence `by`, newer than its own: it stops
+    /// serving at once, and remembers it across restarts.
+    fn fence(&mut self, db: usize, by: Epoch) {
+        let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
+        let Some(Link::Principal(link)) = self.links[db].as_mut() else { return };
+        if link.settings.fenced_by.is_some_and(|f| f >= by.0) {
+            return;
+        }
+        eprintln!(
+            "mirrorlog: database {db}: FENCED: a principal of role sequence {} exists; this one (role sequence {}) takes no more commands",
+            by.0, link.settings.role_sequence
+        );
+        link.settings.fenced_by = Some(by.0);
+        if let Err(e) = link.settings.store(&dir) {
+            eprintln!("mirrorlog: database {db}: cannot persist the fencing: {e}");
+        }
+        let cmds = link.session.on_event(Event::Suspend { reason: format!("fenced by role sequence {}", by.0) });
+        self.deferred_session_commands.push((db, cmds));
+        self.release_dbs.push(db);
+    }
+
+    /// A mirror follows its principal's role sequence (persisted before it acts on it).
+    fn adopt_role_sequence(&mut self, db: usize, epoch: Epoch) {
+        let database = self.dbs[db].as_mut().expect("owned");
+        if epoch <= database.log.epoch() {
+            return;
+        }
+        database.log.set_epoch(epoch);
+        let dir = database.dir().to_path_buf();
+        if let Some(Link::Mirror(link)) = self.links[db].as_mut() {
+            link.settings.role_sequence = epoch.0;
+            if let Err(e) = link.settings.store(&dir) {
+                eprintln!("mirrorlog: database {db}: cannot persist role sequence {}: {e}", epoch.0);
+            }
+        }
+    }
+
+    // ---- role changes ------------------------------------------------------------------------
+
+    /// MIRROR FAILOVER on the principal: SAFETY FULL, SYNCHRONIZED, connected. New commands
+    /// wait (PENDING_FAILOVER) while the log drains to the mirror; then the mirror is told to
+    /// take over at that LSN (`drive_failover`).
+    fn start_failover(&mut self, db: usize) -> Reply {
+        let Some(Link::Principal(link)) = self.links[db].as_mut() else {
+            return Reply::error("ERR MIRROR FAILOVER is given on the principal");
+        };
+        let s = &link.session;
+        if s.safety() != SafetyLevel::Full || s.state() != MirroringState::Synchronized || link.conn.is_none() {
+            return Reply::error(format!(
+                "ERR manual failover needs SAFETY FULL and a connected, SYNCHRONIZED mirror (now: SAFETY {}, {})",
+                s.safety(),
+                s.state()
+            ));
+        }
+        if link.failover.is_some() {
+            return Reply::error("ERR a failover is already in progress");
+        }
+        link.failover = Some(Failover::Draining { since: Instant::now() });
+        self.dbs[db].as_mut().expect("owned").failover_pending = true;
+        eprintln!("mirrorlog: database {db}: manual failover requested: PENDING_FAILOVER, draining the log");
+        Reply::ok()
+    }
+
+    /// Moves a manual failover on: once the log is drained and hardened on the mirror, sends
+    /// FAILOVER; gives up (and becomes a mirror anyway: never two principals) if the mirror
+    /// does not answer within the partner timeout.
+    fn drive_failover(&mut self, ring: &mut Ring, db: usize) -> Result<()> {
+        let now = Instant::now();
+        let timeout = self.config.mirroring.partner_timeout;
+        let endpoint = self.endpoint_addr;
+        let database = self.dbs[db].as_mut().expect("owned");
+        let Some(Link::Principal(link)) = self.links[db].as_mut() else { return Ok(()) };
+        match link.failover {
+            None => {}
+            Some(Failover::Draining { since }) => {
+                let drained = !database.commit_in_progress()
+                    && !database.log.write_in_flight()
+                    && !database.log.has_unwritten()
+                    && database.log.lsn_hardened() == database.log.lsn_appended();
+                let lsn = database.log.lsn_hardened();
+                let conn = link.conn.and_then(|id| self.peers.get_mut(&id)).filter(|c| c.ready());
+                match conn {
+                    Some(conn) if drained && link.session.lsn_mirror_hardened() == lsn => {
+                        let next = Epoch(database.log.epoch().0 + 1);
+                        let body = endpoint.map(|e| e.to_string()).unwrap_or_default();
+                        let bytes = frame::encode_frame(
+                            conn.version(),
+                            FrameKind::Failover,
+                            db_id_of(db),
+                            next,
+                            lsn,
+                            lsn,
+                            body.as_bytes(),
+                            false,
+                        );
+                        conn.out.push_back(Outgoing::Bytes(bytes));
+                        link.failover = Some(Failover::Sent { lsn, epoch: next, since: now });
+                        eprintln!("mirrorlog: database {db}: failover at {lsn}: the mirror takes role sequence {}", next.0);
+                    }
+                    Some(_) if now.saturating_duration_since(since) < timeout => {}
+                    _ => {
+                        // The mirror went away or never caught up: the failover is called off
+                        // and this database goes on as principal.
+                        link.failover = None;
+                        database.failover_pending = false;
+                        eprintln!("mirrorlog: database {db}: manual failover abandoned: the mirror did not catch up");
+                        self.release_dbs.push(db);
+                    }
+                }
+            }
+            Some(Failover::Sent { lsn, epoch, since }) => {
+                if now.saturating_duration_since(since) >= timeout {
+                    // In doubt: the mirror may have taken over. Becoming a mirror is the safe
+                    // side (at worst no principal; FORCE_SERVICE on the other side fixes that).
+                    eprintln!(
+                        "mirrorlog: database {db}: no answer to FAILOVER at {lsn} within the partner timeout; becoming the mirror anyway (in doubt)"
+                    );
+                    self.become_mirror(ring, db, epoch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Role changes and fencing that frames or commands asked for, run where the ring is at
+    /// hand.
+    fn run_role_changes(&mut self, ring: &mut Ring) -> Result<()> {
+        let changed = !self.pending_failovers.is_empty()
+            || !self.pending_role_changes.is_empty()
+            || !self.pending_force_service.is_empty()
+            || self.links.iter().any(|l| matches!(l, Some(Link::Principal(p)) if p.failover.is_some()));
+        for (db, by) in std::mem::take(&mut self.pending_fences) {
+            self.fence(db, by);
+        }
+        for (id, db, header, body) in std::mem::take(&mut self.pending_failovers) {
+            if let Err(reason) = self.mirror_failover(ring, id, db, &header, &body) {
+                eprintln!("mirrorlog: database {db}: {reason}");
+                self.refuse_peer(id, &reason);
+            }
+        }
+        for (db, epoch) in std::mem::take(&mut self.pending_role_changes) {
+            if let Err(e) = self.become_mirror(ring, db, epoch) {
+                eprintln!("mirrorlog: database {db}: becoming the mirror failed: {e}");
+            }
+        }
+        for db in std::mem::take(&mut self.pending_force_service) {
+            let log = &self.dbs[db].as_ref().expect("owned").log;
+            if log.write_in_flight() || log.has_unwritten() {
+                // Serve with the whole log this copy holds: let the write in flight finish.
+                self.pending_force_service.push(db);
+                continue;
+            }
+            if let Err(e) = self.force_service(ring, db).map(|r| if let Reply::Error(e) = r { eprintln!("mirrorlog: database {db}: {e}") }) {
+                eprintln!("mirrorlog: database {db}: forced service failed: {e}");
+            }
+        }
+        for db in 0..self.links.len() {
+            if matches!(self.links[db], Some(Link::Principal(ref l)) if l.failover.is_some()) {
+                self.drive_failover(ring, db)?;
+            }
+        }
+        if changed {
+            // Commands that waited (PENDING_FAILOVER) run now, against the new role.
+            let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| !c.input.is_empty()).map(|(id, _)| *id).collect();
+            for id in ids {
+                self.process(id);
+                self.flush(ring, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The old principal's side of a failover (or an in-doubt one): role sequence `epoch`
+    /// persisted first, then the database becomes a mirror copy waiting for the new principal.
+    fn become_mirror(&mut self, _ring: &mut Ring, db: usize, epoch: Epoch) -> Result<()> {
+        let Some(Link::Principal(old)) = self.links[db].take() else { return Ok(()) };
+        if let Some(id) = old.conn {
+            self.close_peer(id, "failover: this database is the mirror now");
+        }
+        let database = self.dbs[db].as_mut().expect("owned");
+        let settings = MirroringSettings {
+            role: Role::Mirror,
+            partner: old.settings.partner.clone(),
+            safety: old.settings.safety,
+            suspended: None,
+            role_sequence: epoch.0,
+            fenced_by: None,
+        };
+        let dir = database.dir().to_path_buf();
+        settings.store(&dir)?;
+        database.log.set_epoch(epoch);
+        database.log.set_shipping(false);
+        database.log.set_retention_hold(None);
+        database.become_restoring()?;
+        let link = self.mirror_link(db, settings)?;
+        self.links[db] = Some(link);
+        eprintln!("mirrorlog: database {db}: now the MIRROR (RESTORING) at role sequence {}", epoch.0);
+        self.release_dbs.push(db);
+        Ok(())
+    }
+
+    /// The mirror's side of a failover or of forced service: redo finished (every page written
+    /// and synced), role sequence `epoch` persisted, then the database serves as principal and
+    /// dials `partner` as its mirror (if given).
+    fn become_principal(&mut self, ring: &mut Ring, db: usize, epoch: Epoch, partner: Option<String>) -> Result<()> {
+        // Every hardened transaction goes to the redo workers first (the rings may be full:
+        // dispatch until nothing hardened is left).
+        loop {
+            self.mirror_checkpoint(db);
+            self.mirror_dispatch(db);
+            let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
+            let Some(Link::Mirror(link)) = self.links[db].as_ref() else { return Ok(()) };
+            let left = link.pending.front().is_some_and(|r| r.end_lsn <= hardened && r.kind != redo::PAGE_IMAGE && r.kind != redo::PAGE_DIFF)
+                || link.pending.iter().any(|r| r.kind == redo::TX_COMMIT && r.end_lsn <= hardened);
+            if !left || link.failure.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let Some(Link::Mirror(mut old)) = self.links[db].take() else { return Ok(()) };
+        if let Some(f) = &old.failure {
+            let failure = f.clone();
+            self.links[db] = Some(Link::Mirror(old));
+            return Err(Error::Mirroring(format!("redo failed on this mirror ({failure}): it cannot serve")));
+        }
+        if let Some(pipeline) = old.pipeline.take() {
+            // Blocks this shard for as long as redo takes to finish: a role change is rare, and
+            // nothing may be served before every hardened transaction is in the pages.
+            pipeline.stop()?;
+        }
+        let incomplete_tail = !old.tx.is_empty()
+            || old.pending.iter().any(|r| r.kind == redo::PAGE_IMAGE || r.kind == redo::PAGE_DIFF);
+        let database = self.dbs[db].as_mut().expect("owned");
+        let dir = database.dir().to_path_buf();
+        let partner = partner.filter(|p| settings::parse_partner(p).is_ok());
+        let settings = partner.map(|partner| MirroringSettings {
+            role: Role::Principal,
+            partner,
+            safety: old.settings.safety,
+            suspended: None,
+            role_sequence: epoch.0,
+            fenced_by: None,
+        });
+        match &settings {
+            Some(s) => s.store(&dir)?,
+            None => MirroringSettings::remove(&dir)?,
+        }
+        database.log.set_epoch(epoch);
+        database.become_principal(ring, incomplete_tail)?;
+        eprintln!("mirrorlog: database {db}: now the PRINCIPAL at role sequence {} (log end {})", epoch.0, database.log.lsn_hardened());
+        if let Some(settings) = settings {
+            let link = self.principal_link(db, settings)?;
+            self.links[db] = Some(link);
+        }
+        self.release_dbs.push(db);
+        Ok(())
+    }
+
+    /// FAILOVER from the principal: everything up to its LSN is here and hardened.
+    fn mirror_failover(&mut self, ring: &mut Ring, id: u64, db: usize, header: &FrameHeader, body: &[u8]) -> std::result::Result<(), String> {
+        let database = self.dbs[db].as_ref().expect("owned");
+        let (hardened, appended, ours) = (database.log.lsn_hardened(), database.log.lsn_appended(), database.log.epoch());
+        if hardened != header.lsn_to || appended != header.lsn_to || header.epoch <= ours {
+            return Err(format!(
+                "FAILOVER at {} with role sequence {} refused: this mirror has hardened {hardened} (appended {appended}) at role sequence {}",
+                header.lsn_to, header.epoch.0, ours.0
+            ));
+        }
+        let partner = Some(format!("tcp://{}", String::from_utf8_lossy(body)));
+        if let Err(e) = self.become_principal(ring, db, header.epoch, partner) {
+            return Err(format!("failover failed here: {e}"));
+        }
+        // The old principal learns it is done; this connection ends, the new principal dials.
+        let Some(conn) = self.peers.get_mut(&id) else { return Ok(()) };
+        let bytes = frame::encode_frame(conn.version(), FrameKind::FailoverDone, db_id_of(db), header.epoch, header.lsn_to, header.lsn_to, &[], false);
+        conn.out.push_back(Outgoing::Bytes(bytes));
+        conn.db = None;
+        self.close_peer_lingering(id, "failover done: this database is the principal now", true);
+        Ok(())
+    }
+
+    /// MIRROR FORCE_SERVICE on the mirror: the principal is gone; this copy serves with what it
+    /// has (possible data loss: what the principal did not ship), at a new role sequence that
+    /// fences the old principal.
+    fn force_service(&mut self, ring: &mut Ring, db: usize) -> Result<Reply> {
+        let Some(Link::Mirror(link)) = self.links[db].as_ref() else {
+            return Ok(Reply::error("ERR MIRROR FORCE_SERVICE is given on the mirror"));
+        };
+        if link.conn.is_some() {
+            return Ok(Reply::error(
+                "ERR the principal is connected: use MIRROR FAILOVER on the principal (no data loss)",
+            ));
+        }
+        let partner = Some(link.settings.partner.clone()).filter(|p| !p.is_empty());
+        let next = Epoch(self.dbs[db].as_ref().expect("owned").log.epoch().0 + 1);
+        eprintln!(
+            "mirrorlog: database {db}: FORCE_SERVICE: serving at role sequence {} with the log hardened here (what the principal did not ship is lost)",
+            next.0
+        );
+        self.become_principal(ring, db, next, partner)?;
+        Ok(Reply::ok())
+    }
+
 }
 
 /// INFO mirroring's line for one database: the status fields that matter most, `name=value`.
