@@ -772,3 +772,155 @@ fn a_mirror_restarted_inside_a_transaction_completes_it_when_the_rest_arrives() 
     assert_eq!(c.command(&[b"GET", b"big"]).unwrap().as_bytes(), Some(&big[..]));
     pair.stop_and_compare();
 }
+
+/// Writers that follow the principal: each writes to one server until it answers anything but
+/// OK (READONLY after a failover, an error, a closed connection), then to the other. Every OK is
+/// recorded.
+struct FollowingLoad {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    count: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl FollowingLoad {
+    fn start(servers: [SocketAddr; 2], writers: usize) -> FollowingLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let count = Arc::new(AtomicU64::new(0));
+        let threads = (0..writers)
+            .map(|w| {
+                let (stop, acked, count) = (stop.clone(), acked.clone(), count.clone());
+                std::thread::spawn(move || {
+                    let mut at = 0usize;
+                    let mut client: Option<Client> = None;
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        if client.is_none() {
+                            client = Client::connect(servers[at], Duration::from_secs(30)).ok();
+                            if client.is_none() {
+                                at = 1 - at;
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                        }
+                        n += 1;
+                        let key = format!("f{w}:{}", n % 200);
+                        let value = format!("{w}-{n}").into_bytes();
+                        if set(client.as_mut().unwrap(), &key, &value) {
+                            acked.lock().unwrap().insert(key, value);
+                            count.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            client = None;
+                            at = 1 - at;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                })
+            })
+            .collect();
+        FollowingLoad { stop, acked, count, threads }
+    }
+
+    fn finish(self) -> BTreeMap<String, Vec<u8>> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+#[test]
+fn manual_failover_back_and_forth_ten_times_under_load_loses_nothing() {
+    let pair = Pair::start(&["--safety", "full", "--databases", "1"], &["--databases", "1"]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    let servers = [pair.principal().addr, pair.mirror().addr];
+    let load = FollowingLoad::start(servers, 4);
+    let by_addr = |addr: SocketAddr| if addr == servers[0] { pair.principal() } else { pair.mirror() };
+    let mut principal = 0usize;
+    for round in 0..10 {
+        let (p, m) = (by_addr(servers[principal]), by_addr(servers[1 - principal]));
+        wait_for(&format!("round {round}: SYNCHRONIZED"), Duration::from_secs(30), || {
+            status(p, 0)["state"] == "SYNCHRONIZED"
+        });
+        let before = load.count.load(Ordering::SeqCst);
+        wait_for("writes before the failover", Duration::from_secs(30), || {
+            load.count.load(Ordering::SeqCst) > before + 50
+        });
+        let mut c = p.client();
+        assert_eq!(c.command(&[b"MIRROR", b"FAILOVER"]).unwrap(), Value::Simple("OK".into()), "round {round}");
+        wait_for(&format!("round {round}: roles swapped"), Duration::from_secs(30), || {
+            let s = status(m, 0);
+            s["role"] == "principal" && s["state"] == "SYNCHRONIZED" && status(p, 0)["role"] == "mirror"
+        });
+        let s = status(m, 0);
+        assert_eq!(s["role_sequence"], (round + 2).to_string(), "each failover takes the next role sequence");
+        principal = 1 - principal;
+    }
+    let before = load.count.load(Ordering::SeqCst);
+    wait_for("writes after the last failover", Duration::from_secs(30), || {
+        load.count.load(Ordering::SeqCst) > before + 50
+    });
+    let acked = load.finish();
+    assert!(acked.len() > 100);
+    let mut c = by_addr(servers[principal]).client();
+    for (key, value) in &acked {
+        assert_eq!(
+            c.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(),
+            Some(&value[..]),
+            "{key} was acknowledged"
+        );
+    }
+    drop(c);
+    assert_eq!(principal, 0, "an even number of failovers: the first principal serves again");
+    pair.stop_and_compare();
+}
+
+#[test]
+fn forced_service_serves_from_the_mirror_and_the_returning_old_principal_is_fenced() {
+    let mut pair = Pair::start(&["--safety", "full", "--databases", "1"], &["--databases", "1"]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    let mut acked = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        assert!(set(&mut c, &key, value.as_bytes()));
+        acked.insert(key, value);
+    }
+    drop(c);
+    pair.principal.take().unwrap().kill9();
+    let mut m = pair.mirror().client();
+    // The mirror refuses until told: FORCE_SERVICE makes it serve (role sequence 2).
+    assert!(matches!(m.command(&[b"SET", b"x", b"1"]).unwrap(), Value::Error(_)));
+    wait_for("the mirror to notice the principal is gone", Duration::from_secs(30), || {
+        status(pair.mirror(), 0)["connected"] == "0"
+    });
+    assert_eq!(m.command(&[b"MIRROR", b"FORCE_SERVICE"]).unwrap(), Value::Simple("OK".into()));
+    wait_for("forced service", Duration::from_secs(30), || set(&mut pair.mirror().client(), "after", b"forced"));
+    let s = status(pair.mirror(), 0);
+    assert_eq!(s["role_sequence"], "2", "{s:?}");
+    // Nothing acknowledged by the old principal in SAFETY FULL is lost.
+    let mut m = pair.mirror().client();
+    for (key, value) in &acked {
+        assert_eq!(m.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(value.as_bytes()), "{key}");
+    }
+    // The old principal comes back, still believing it is principal at role sequence 1: it
+    // dials its partner, learns of role sequence 2 and stops serving.
+    pair.start_principal();
+    wait_for("the old principal to be fenced", Duration::from_secs(30), || {
+        status(pair.principal(), 0)["fenced_by"] == "2"
+    });
+    let mut old = pair.principal().client();
+    match old.command(&[b"SET", b"split", b"brain"]).unwrap() {
+        Value::Error(e) => assert!(e.contains("fenced"), "{e}"),
+        other => panic!("a fenced principal took a write: {other:?}"),
+    }
+    assert!(matches!(old.command(&[b"GET", b"k1"]).unwrap(), Value::Error(_)), "nor does it serve reads");
+    drop(old);
+    // The fencing is persisted.
+    assert!(pair.principal.take().unwrap().stop());
+    pair.start_principal();
+    assert_eq!(status(pair.principal(), 0)["fenced_by"], "2");
+    assert!(matches!(pair.principal().client().command(&[b"SET", b"again", b"no"]).unwrap(), Value::Error(_)));
+}

@@ -475,7 +475,9 @@ impl ServerShard {
                 queue_now(conn, reply);
                 continue;
             }
-            if let Some(why) = self.refuses_clients(conn.session.db).filter(|_| !commands::is_connection_command(args[0])) {
+            if let Some(why) =
+                self.refuses_clients(conn.session.db).filter(|_| !commands::is_connection_command(args[0]))
+            {
                 queue_now(conn, Reply::error(why));
                 continue;
             }

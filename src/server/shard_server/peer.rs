@@ -231,7 +231,6 @@ fn db_id_of(db: usize) -> DbId {
     DbId(db as u64 + 1)
 }
 
-
 impl ServerShard {
     /// The endpoint's listener (shard 0 only) and the address partners reach this server's
     /// endpoint at (every shard: a failover tells the new principal where its mirror is).
@@ -832,8 +831,16 @@ impl ServerShard {
             match database.log.read_hardened(link.lsn_sent, CATCH_UP_CHUNK) {
                 Ok(Some((from, to, bytes))) => {
                     let Phase::Ready { version, compress } = conn.phase else { return };
-                    let frame =
-                        frame::encode_frame(version, FrameKind::Log, db_id_of(db), database.log.epoch(), from, to, &bytes, compress);
+                    let frame = frame::encode_frame(
+                        version,
+                        FrameKind::Log,
+                        db_id_of(db),
+                        database.log.epoch(),
+                        from,
+                        to,
+                        &bytes,
+                        compress,
+                    );
                     link.bytes_sent += frame.len() as u64;
                     link.frames_catch_up += 1;
                     conn.out.push_back(Outgoing::Bytes(frame));
@@ -1094,15 +1101,13 @@ impl ServerShard {
                 self.pending_failovers.push((id, db, *header, body.to_vec()));
                 Ok(true)
             }
-            (Some(Link::Principal(link)), FrameKind::FailoverDone) => {
-                match link.failover {
-                    Some(Failover::Sent { lsn, epoch, .. }) if lsn == header.lsn_to && epoch == header.epoch => {
-                        self.pending_role_changes.push((db, epoch));
-                        Ok(true)
-                    }
-                    _ => Err("an unexpected FAILOVER_DONE".into()),
+            (Some(Link::Principal(link)), FrameKind::FailoverDone) => match link.failover {
+                Some(Failover::Sent { lsn, epoch, .. }) if lsn == header.lsn_to && epoch == header.epoch => {
+                    self.pending_role_changes.push((db, epoch));
+                    Ok(true)
                 }
-            }
+                _ => Err("an unexpected FAILOVER_DONE".into()),
+            },
             (_, FrameKind::Refuse) => Err(format!("the partner refused: {}", String::from_utf8_lossy(body))),
             (_, kind) => Err(format!("unexpected {kind:?} frame")),
         }
@@ -1123,15 +1128,17 @@ impl ServerShard {
         let refuse = |reason: String| reason;
         let mut superseded = None;
         let result = match (self.links.get(db).and_then(|l| l.as_ref()), self.dbs.get(db).and_then(|d| d.as_ref())) {
-            (Some(Link::Mirror(_)), Some(database)) => {
+            (_, Some(database)) if hello.epoch < database.log.epoch() => {
+                // Fencing: a principal of an older role sequence is refused, whatever this
+                // database is now; the reason tells it to stop serving.
                 let ours = database.log.epoch();
-                if hello.epoch < ours {
-                    // Fencing: a principal of an older role sequence is refused, whatever it sends.
-                    Err(refuse(format!(
-                        "FENCED {}: role sequence {} is stale; this database acts at role sequence {}",
-                        ours.0, hello.epoch.0, ours.0
-                    )))
-                } else if hello.segment_size != self.config.segment_size {
+                Err(refuse(format!(
+                    "FENCED {}: role sequence {} is stale; this database acts at role sequence {}",
+                    ours.0, hello.epoch.0, ours.0
+                )))
+            }
+            (Some(Link::Mirror(_)), Some(database)) => {
+                if hello.segment_size != self.config.segment_size {
                     Err(refuse(format!(
                         "log segment sizes differ: the principal's are {} bytes, this mirror's {}",
                         hello.segment_size, self.config.segment_size
@@ -1771,15 +1778,14 @@ impl ServerShard {
         if database.is_restoring() {
             return Ok(Reply::error("ERR a RESTORING database without mirroring settings cannot be set up here"));
         }
-        let settings =
-            MirroringSettings {
-                role: Role::Principal,
-                partner,
-                safety: self.config.mirroring.safety,
-                suspended: None,
-                role_sequence: database.log.epoch().0,
-                fenced_by: None,
-            };
+        let settings = MirroringSettings {
+            role: Role::Principal,
+            partner,
+            safety: self.config.mirroring.safety,
+            suspended: None,
+            role_sequence: database.log.epoch().0,
+            fenced_by: None,
+        };
         settings.store(&dir)?;
         let link = self.principal_link(db, settings)?;
         self.links[db] = Some(link);
@@ -1932,7 +1938,10 @@ impl ServerShard {
                         );
                         conn.out.push_back(Outgoing::Bytes(bytes));
                         link.failover = Some(Failover::Sent { lsn, epoch: next, since: now });
-                        eprintln!("mirrorlog: database {db}: failover at {lsn}: the mirror takes role sequence {}", next.0);
+                        eprintln!(
+                            "mirrorlog: database {db}: failover at {lsn}: the mirror takes role sequence {}",
+                            next.0
+                        );
                     }
                     Some(_) if now.saturating_duration_since(since) < timeout => {}
                     _ => {
@@ -1945,16 +1954,15 @@ impl ServerShard {
                     }
                 }
             }
-            Some(Failover::Sent { lsn, epoch, since }) => {
-                if now.saturating_duration_since(since) >= timeout {
-                    // In doubt: the mirror may have taken over. Becoming a mirror is the safe
-                    // side (at worst no principal; FORCE_SERVICE on the other side fixes that).
-                    eprintln!(
-                        "mirrorlog: database {db}: no answer to FAILOVER at {lsn} within the partner timeout; becoming the mirror anyway (in doubt)"
-                    );
-                    self.become_mirror(ring, db, epoch)?;
-                }
+            // In doubt: the mirror may have taken over. Becoming a mirror is the safe side (at
+            // worst no principal; FORCE_SERVICE on the other side fixes that).
+            Some(Failover::Sent { lsn, epoch, since }) if now.saturating_duration_since(since) >= timeout => {
+                eprintln!(
+                    "mirrorlog: database {db}: no answer to FAILOVER at {lsn} within the partner timeout; becoming the mirror anyway (in doubt)"
+                );
+                self.become_mirror(ring, db, epoch)?;
             }
+            Some(Failover::Sent { .. }) => {}
         }
         Ok(())
     }
@@ -1987,7 +1995,11 @@ impl ServerShard {
                 self.pending_force_service.push(db);
                 continue;
             }
-            if let Err(e) = self.force_service(ring, db).map(|r| if let Reply::Error(e) = r { eprintln!("mirrorlog: database {db}: {e}") }) {
+            if let Err(e) = self.force_service(ring, db).map(|r| {
+                if let Reply::Error(e) = r {
+                    eprintln!("mirrorlog: database {db}: {e}")
+                }
+            }) {
                 eprintln!("mirrorlog: database {db}: forced service failed: {e}");
             }
         }
@@ -2047,7 +2059,10 @@ impl ServerShard {
             self.mirror_dispatch(db);
             let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
             let Some(Link::Mirror(link)) = self.links[db].as_ref() else { return Ok(()) };
-            let left = link.pending.front().is_some_and(|r| r.end_lsn <= hardened && r.kind != redo::PAGE_IMAGE && r.kind != redo::PAGE_DIFF)
+            let left = link
+                .pending
+                .front()
+                .is_some_and(|r| r.end_lsn <= hardened && r.kind != redo::PAGE_IMAGE && r.kind != redo::PAGE_DIFF)
                 || link.pending.iter().any(|r| r.kind == redo::TX_COMMIT && r.end_lsn <= hardened);
             if !left || link.failure.is_some() {
                 break;
@@ -2065,8 +2080,8 @@ impl ServerShard {
             // nothing may be served before every hardened transaction is in the pages.
             pipeline.stop()?;
         }
-        let incomplete_tail = !old.tx.is_empty()
-            || old.pending.iter().any(|r| r.kind == redo::PAGE_IMAGE || r.kind == redo::PAGE_DIFF);
+        let incomplete_tail =
+            !old.tx.is_empty() || old.pending.iter().any(|r| r.kind == redo::PAGE_IMAGE || r.kind == redo::PAGE_DIFF);
         let database = self.dbs[db].as_mut().expect("owned");
         let dir = database.dir().to_path_buf();
         let partner = partner.filter(|p| settings::parse_partner(p).is_ok());
@@ -2084,7 +2099,11 @@ impl ServerShard {
         }
         database.log.set_epoch(epoch);
         database.become_principal(ring, incomplete_tail)?;
-        eprintln!("mirrorlog: database {db}: now the PRINCIPAL at role sequence {} (log end {})", epoch.0, database.log.lsn_hardened());
+        eprintln!(
+            "mirrorlog: database {db}: now the PRINCIPAL at role sequence {} (log end {})",
+            epoch.0,
+            database.log.lsn_hardened()
+        );
         if let Some(settings) = settings {
             let link = self.principal_link(db, settings)?;
             self.links[db] = Some(link);
@@ -2094,9 +2113,17 @@ impl ServerShard {
     }
 
     /// FAILOVER from the principal: everything up to its LSN is here and hardened.
-    fn mirror_failover(&mut self, ring: &mut Ring, id: u64, db: usize, header: &FrameHeader, body: &[u8]) -> std::result::Result<(), String> {
+    fn mirror_failover(
+        &mut self,
+        ring: &mut Ring,
+        id: u64,
+        db: usize,
+        header: &FrameHeader,
+        body: &[u8],
+    ) -> std::result::Result<(), String> {
         let database = self.dbs[db].as_ref().expect("owned");
-        let (hardened, appended, ours) = (database.log.lsn_hardened(), database.log.lsn_appended(), database.log.epoch());
+        let (hardened, appended, ours) =
+            (database.log.lsn_hardened(), database.log.lsn_appended(), database.log.epoch());
         if hardened != header.lsn_to || appended != header.lsn_to || header.epoch <= ours {
             return Err(format!(
                 "FAILOVER at {} with role sequence {} refused: this mirror has hardened {hardened} (appended {appended}) at role sequence {}",
@@ -2109,7 +2136,16 @@ impl ServerShard {
         }
         // The old principal learns it is done; this connection ends, the new principal dials.
         let Some(conn) = self.peers.get_mut(&id) else { return Ok(()) };
-        let bytes = frame::encode_frame(conn.version(), FrameKind::FailoverDone, db_id_of(db), header.epoch, header.lsn_to, header.lsn_to, &[], false);
+        let bytes = frame::encode_frame(
+            conn.version(),
+            FrameKind::FailoverDone,
+            db_id_of(db),
+            header.epoch,
+            header.lsn_to,
+            header.lsn_to,
+            &[],
+            false,
+        );
         conn.out.push_back(Outgoing::Bytes(bytes));
         conn.db = None;
         self.close_peer_lingering(id, "failover done: this database is the principal now", true);
@@ -2137,7 +2173,6 @@ impl ServerShard {
         self.become_principal(ring, db, next, partner)?;
         Ok(Reply::ok())
     }
-
 }
 
 /// INFO mirroring's line for one database: the status fields that matter most, `name=value`.
