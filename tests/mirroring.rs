@@ -924,3 +924,29 @@ fn forced_service_serves_from_the_mirror_and_the_returning_old_principal_is_fenc
     assert_eq!(status(pair.principal(), 0)["fenced_by"], "2");
     assert!(matches!(pair.principal().client().command(&[b"SET", b"again", b"no"]).unwrap(), Value::Error(_)));
 }
+
+#[test]
+fn a_black_holed_link_holds_full_commits_for_the_partner_timeout_and_heals() {
+    use mirrorlog::testing::{Fault, FaultProxy};
+    let mut pair = Pair::start(&["--safety", "full", "--partner-timeout", "2", "--databases", "1"], &["--databases", "1"]);
+    assert!(pair.principal.take().unwrap().stop());
+    let proxy = FaultProxy::start(pair.mirror().endpoint.unwrap()).unwrap();
+    pair.partner = proxy.addr();
+    pair.start_principal();
+    pair.wait_state(0, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    assert!(set(&mut c, "before", b"1"));
+    // A silent network: connections stay open, nothing arrives.
+    proxy.set(Fault::BlackHole);
+    let started = Instant::now();
+    assert!(set(&mut c, "during", b"2"));
+    let held = started.elapsed();
+    assert!(held >= Duration::from_millis(1500), "answered after {held:?}, before the partner timeout");
+    assert_eq!(status(pair.principal(), 0)["exposed"], "1");
+    proxy.heal();
+    pair.wait_state(0, "SYNCHRONIZED");
+    assert!(set(&mut c, "after", b"3"));
+    drop(c);
+    pair.stop_and_compare();
+    drop(proxy);
+}
