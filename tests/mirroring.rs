@@ -928,7 +928,8 @@ fn forced_service_serves_from_the_mirror_and_the_returning_old_principal_is_fenc
 #[test]
 fn a_black_holed_link_holds_full_commits_for_the_partner_timeout_and_heals() {
     use mirrorlog::testing::{Fault, FaultProxy};
-    let mut pair = Pair::start(&["--safety", "full", "--partner-timeout", "2", "--databases", "1"], &["--databases", "1"]);
+    let mut pair =
+        Pair::start(&["--safety", "full", "--partner-timeout", "2", "--databases", "1"], &["--databases", "1"]);
     assert!(pair.principal.take().unwrap().stop());
     let proxy = FaultProxy::start(pair.mirror().endpoint.unwrap()).unwrap();
     pair.partner = proxy.addr();
