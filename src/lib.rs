@@ -20,6 +20,7 @@ pub mod sync;
 pub mod testing;
 pub mod wal;
 pub mod wire;
+pub mod witness;
 
 /// Design notes: why the engine is built the way it is.
 pub mod docs {

@@ -30,6 +30,23 @@ enum Command {
     Bench(BenchCommand),
     /// Administers a server's database mirroring (the same MIRROR commands redis-cli can send).
     Ctl(CtlArgs),
+    /// Runs a witness: it holds no data, watches both partners of each session it serves and
+    /// grants automatic failovers (one per role sequence, persisted in --data).
+    Witness {
+        /// Where partners connect.
+        #[arg(long, default_value = "127.0.0.1:5024")]
+        endpoint: std::net::SocketAddr,
+        /// Where grants are persisted.
+        #[arg(long, default_value = "./mirrorlog-data/witness")]
+        data: PathBuf,
+        /// The shared key (the partners' --endpoint-key-file).
+        #[arg(long)]
+        endpoint_key_file: PathBuf,
+        /// Seconds without hearing a principal before its mirror may be granted a failover; the
+        /// partners' --partner-timeout.
+        #[arg(long, default_value_t = 10.0)]
+        partner_timeout: f64,
+    },
     /// Offline verification of on-disk state.
     #[command(subcommand)]
     Inspect(InspectCommand),
@@ -129,6 +146,10 @@ struct ServeArgs {
     /// Redo worker threads per mirror database (pages are partitioned among them).
     #[arg(long, default_value_t = 2)]
     redo_workers: usize,
+    /// The witness, tcp://HOST:PORT (`mirrorlog witness`), on both partners: automatic
+    /// failover, and a principal that loses both its mirror and the witness stops serving.
+    #[arg(long)]
+    witness: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -323,6 +344,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench(BenchCommand::Commit(args)) => bench_commit(args)?,
+        Command::Witness { endpoint, data, endpoint_key_file, partner_timeout } => {
+            anyhow::ensure!(partner_timeout >= 1.0, "--partner-timeout must be at least 1 second");
+            let key = mirrorlog::wire::handshake::load_key(&endpoint_key_file).map_err(anyhow::Error::msg)?;
+            let stop = install_stop_signals();
+            let config = mirrorlog::witness::server::WitnessConfig {
+                endpoint,
+                data: data.clone(),
+                key: std::sync::Arc::new(key),
+                partner_timeout: Duration::from_secs_f64(partner_timeout),
+            };
+            mirrorlog::witness::server::run(config, stop, |addr| {
+                println!("mirrorlog: witness serving from {} on {addr}", data.display());
+                use std::io::Write;
+                std::io::stdout().flush().ok();
+            })?;
+            eprintln!("mirrorlog: witness stopped");
+        }
         Command::Ctl(args) => {
             use mirrorlog::ctl::CtlRequest;
             let (db, request) = match args.command {
@@ -450,26 +488,32 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
     STOP_SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// SIGTERM and SIGINT set the returned flag (a watcher thread turns the signal into it).
+fn install_stop_signals() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    anyhow::ensure!(args.checkpoint_interval > 0.0, "--checkpoint-interval must be positive");
-    mirrorlog::wal::segment::validate_segment_size(args.segment_size).map_err(anyhow::Error::msg)?;
     // SAFETY: installs a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_stop_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_stop_signal as *const () as libc::sighandler_t);
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
     let watcher_stop = stop.clone();
     std::thread::spawn(move || loop {
         if STOP_SIGNALLED.load(Ordering::SeqCst) {
-            eprintln!("mirrorlog: stopping: finishing in-flight commits");
+            eprintln!("mirrorlog: stopping: finishing in-flight work");
             watcher_stop.store(true, Ordering::SeqCst);
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     });
+    stop
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    anyhow::ensure!(args.checkpoint_interval > 0.0, "--checkpoint-interval must be positive");
+    mirrorlog::wal::segment::validate_segment_size(args.segment_size).map_err(anyhow::Error::msg)?;
+    let stop = install_stop_signals();
     anyhow::ensure!(args.partner_timeout >= 1.0, "--partner-timeout must be at least 1 second");
     anyhow::ensure!((1..=64).contains(&args.redo_workers), "--redo-workers must be between 1 and 64");
     let key = match &args.endpoint_key_file {
@@ -483,6 +527,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(partner) = &args.partner {
         mirrorlog::mirroring::settings::parse_partner(partner)?;
     }
+    if let Some(witness) = &args.witness {
+        mirrorlog::mirroring::settings::parse_partner(witness)?;
+        anyhow::ensure!(args.safety.eq_ignore_ascii_case("full"), "a witness needs --safety full");
+    }
     let mirroring = mirrorlog::server::MirroringConfig {
         endpoint: args.endpoint,
         key,
@@ -493,6 +541,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log_compression: args.log_compression == "lz4",
         max_log_retention: args.max_log_retention,
         redo_workers: args.redo_workers,
+        witness: args.witness,
     };
     let config = mirrorlog::server::ServerConfig {
         listen: args.listen,

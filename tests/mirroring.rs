@@ -951,3 +951,153 @@ fn a_black_holed_link_holds_full_commits_for_the_partner_timeout_and_heals() {
     pair.stop_and_compare();
     drop(proxy);
 }
+
+/// A `mirrorlog witness` child process.
+struct WitnessProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl WitnessProcess {
+    fn start(dir: &Path, key: &Path, partner_timeout: &str) -> WitnessProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .args(["witness", "--endpoint", "127.0.0.1:0", "--partner-timeout", partner_timeout, "--data"])
+            .arg(dir)
+            .arg("--endpoint-key-file")
+            .arg(key)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        WitnessProcess { child, addr }
+    }
+}
+
+impl Drop for WitnessProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// A principal, a mirror and a witness; the principal reaches the mirror and the witness
+/// through fault proxies (the mirror reaches the witness directly).
+struct Trio {
+    pair: Pair,
+    _witness: WitnessProcess,
+    to_mirror: mirrorlog::testing::FaultProxy,
+    to_witness: mirrorlog::testing::FaultProxy,
+}
+
+impl Trio {
+    fn start(timeout: &str) -> Trio {
+        let mut pair = Pair::start(&["--databases", "1"], &["--databases", "1"]);
+        assert!(pair.principal.take().unwrap().stop());
+        assert!(pair.mirror.take().unwrap().stop());
+        let witness = WitnessProcess::start(&pair.dir.path().join("witness"), &pair.key, timeout);
+        let to_witness = mirrorlog::testing::FaultProxy::start(witness.addr).unwrap();
+        let common = ["--partner-timeout", timeout, "--databases", "1"];
+        pair.mirror_args = common.iter().map(|s| s.to_string()).collect();
+        pair.mirror_args.extend(["--witness".to_string(), format!("tcp://{}", witness.addr)]);
+        pair.start_mirror(None);
+        let to_mirror = mirrorlog::testing::FaultProxy::start(pair.mirror().endpoint.unwrap()).unwrap();
+        pair.partner = to_mirror.addr();
+        pair.principal_args = common.iter().map(|s| s.to_string()).collect();
+        pair.principal_args.extend(["--safety".to_string(), "full".to_string()]);
+        pair.principal_args.extend(["--witness".to_string(), format!("tcp://{}", to_witness.addr())]);
+        pair.start_principal();
+        pair.wait_state(0, "SYNCHRONIZED");
+        wait_for("the witness connections", Duration::from_secs(20), || {
+            status(pair.principal(), 0)["witness_lease"] == "1" && status(pair.mirror(), 0)["witness_connected"] == "1"
+        });
+        // The principal learns the mirror's own endpoint from its pongs (about a second).
+        std::thread::sleep(Duration::from_millis(1200));
+        Trio { pair, _witness: witness, to_mirror, to_witness }
+    }
+}
+
+#[test]
+fn with_a_witness_a_killed_principal_is_replaced_within_the_partner_timeout() {
+    let mut trio = Trio::start("1");
+    let load = Load::start(trio.pair.principal().addr, 2);
+    load.wait_count(300);
+    let acked = load.finish();
+    trio.pair.principal.take().unwrap().kill9();
+    let killed = Instant::now();
+    let mut served = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        if let Ok(mut c) = Client::connect(trio.pair.mirror().addr, Duration::from_secs(5)) {
+            if set(&mut c, "after-failover", b"1") {
+                served = Some(killed.elapsed());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let served = served.expect("the mirror took over");
+    eprintln!("automatic failover: the mirror served {served:?} after the principal was killed (partner timeout 1 s)");
+    assert!(served <= Duration::from_millis(1500) + Duration::from_millis(700), "took {served:?}");
+    let s = status(trio.pair.mirror(), 0);
+    assert_eq!((s["role"].as_str(), s["role_sequence"].as_str()), ("principal", "2"), "{s:?}");
+    // One database here: every writer's SELECT 1 failed and it wrote to database 0.
+    let mut c = trio.pair.mirror().client();
+    for ((_, key), value) in &acked {
+        assert_eq!(c.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(&value[..]), "{key}");
+    }
+}
+
+#[test]
+fn with_a_witness_losing_only_the_mirror_runs_exposed_and_does_not_fail_over() {
+    use mirrorlog::testing::Fault;
+    let trio = Trio::start("1");
+    let mut c = trio.pair.principal().client();
+    assert!(set(&mut c, "before", b"1"));
+    trio.to_mirror.set(Fault::Cut);
+    // Commits go on once the witness recorded the exposure.
+    let started = Instant::now();
+    assert!(set(&mut c, "during", b"2"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(2500));
+    let p = status(trio.pair.principal(), 0);
+    assert_eq!((p["role"].as_str(), p["exposed"].as_str(), p["quorum"].as_str()), ("principal", "1", "1"), "{p:?}");
+    let m = status(trio.pair.mirror(), 0);
+    assert_eq!(m["role"], "mirror", "the witness still hears the principal: no failover ({m:?})");
+    assert!(set(&mut c, "still", b"3"));
+    trio.to_mirror.heal();
+    trio.pair.wait_state(0, "SYNCHRONIZED");
+    drop(c);
+    let Trio { pair, .. } = trio;
+    pair.stop_and_compare();
+}
+
+#[test]
+fn with_a_witness_a_principal_cut_from_both_stops_and_the_mirror_takes_over() {
+    use mirrorlog::testing::Fault;
+    let trio = Trio::start("1");
+    let mut c = trio.pair.principal().client();
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let key = format!("k{i}");
+        assert!(set(&mut c, &key, b"v"));
+        acked.push(key);
+    }
+    trio.to_mirror.set(Fault::Cut);
+    trio.to_witness.set(Fault::Cut);
+    wait_for("the mirror to take over", Duration::from_secs(20), || {
+        status(trio.pair.mirror(), 0)["role"] == "principal"
+    });
+    // The isolated principal refuses: it has no quorum.
+    let mut fresh = trio.pair.principal().client();
+    match fresh.command(&[b"SET", b"isolated", b"x"]).unwrap() {
+        Value::Error(e) => assert!(e.contains("quorum") || e.contains("fenced"), "{e}"),
+        other => panic!("an isolated principal took a write: {other:?}"),
+    }
+    let mut m = trio.pair.mirror().client();
+    assert!(set(&mut m, "new", b"principal"));
+    for key in &acked {
+        assert_eq!(m.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(&b"v"[..]), "{key}");
+    }
+}

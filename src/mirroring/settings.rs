@@ -44,6 +44,11 @@ pub struct MirroringSettings {
     /// A newer principal exists (at this role sequence): this copy takes neither writes nor
     /// reads until it rejoins as a mirror.
     pub fenced_by: Option<u64>,
+    /// The witness, `tcp://HOST:PORT`, if the session has one.
+    pub witness: Option<String>,
+    /// The partner's own endpoint as it reports it (`HOST:PORT`; the partner may be dialed
+    /// through another address): half of the session's name at the witness.
+    pub partner_endpoint: Option<String>,
 }
 
 pub fn path(db_dir: &Path) -> PathBuf {
@@ -71,6 +76,12 @@ impl MirroringSettings {
         if let Some(by) = self.fenced_by {
             text.push_str(&format!("fenced_by {by}\n"));
         }
+        if let Some(witness) = &self.witness {
+            text.push_str(&format!("witness {witness}\n"));
+        }
+        if let Some(endpoint) = &self.partner_endpoint {
+            text.push_str(&format!("partner_endpoint {endpoint}\n"));
+        }
         if let Some(reason) = &self.suspended {
             text.push_str(&format!("suspended {}\n", reason.replace('\n', " ")));
         }
@@ -89,7 +100,7 @@ impl MirroringSettings {
             return Err(bad("checksum mismatch (damaged file)"));
         }
         let (mut role, mut partner, mut safety, mut suspended) = (None, None, None, None);
-        let (mut role_sequence, mut fenced_by) = (1u64, None);
+        let (mut role_sequence, mut fenced_by, mut witness, mut partner_endpoint) = (1u64, None, None, None);
         for line in body.lines() {
             let (name, value) = line.split_once(' ').unwrap_or((line, ""));
             match name {
@@ -106,6 +117,8 @@ impl MirroringSettings {
                 "safety" => safety = Some(SafetyLevel::parse(value).ok_or_else(|| bad("unknown safety level"))?),
                 "suspended" => suspended = Some(value.to_string()),
                 "role_sequence" => role_sequence = value.parse().map_err(|_| bad("unreadable role sequence"))?,
+                "witness" => witness = Some(value.to_string()),
+                "partner_endpoint" => partner_endpoint = Some(value.to_string()),
                 "fenced_by" => fenced_by = Some(value.parse().map_err(|_| bad("unreadable fenced_by"))?),
                 _ => return Err(bad(&format!("unknown setting {name:?}"))),
             }
@@ -117,6 +130,8 @@ impl MirroringSettings {
             suspended,
             role_sequence,
             fenced_by,
+            witness,
+            partner_endpoint,
         })
     }
 
@@ -169,6 +184,8 @@ mod tests {
             suspended: Some("by an administrator".into()),
             role_sequence: 3,
             fenced_by: Some(4),
+            witness: Some("tcp://127.0.0.1:5024".into()),
+            partner_endpoint: Some("127.0.0.1:5023".into()),
         };
         settings.store(dir.path()).unwrap();
         assert_eq!(MirroringSettings::load(dir.path()).unwrap(), Some(settings.clone()));

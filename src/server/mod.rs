@@ -57,6 +57,8 @@ pub struct MirroringConfig {
     /// suspended and the log released.
     pub max_log_retention: u64,
     pub redo_workers: usize,
+    /// `tcp://HOST:PORT` of the witness, applied to every mirrored database at start-up.
+    pub witness: Option<String>,
 }
 
 impl Default for MirroringConfig {
@@ -71,6 +73,7 @@ impl Default for MirroringConfig {
             log_compression: false,
             max_log_retention: 4 << 30,
             redo_workers: 2,
+            witness: None,
         }
     }
 }

@@ -160,6 +160,9 @@ pub struct ServerShard {
     pending_failovers: Vec<(u64, usize, crate::wire::frame::FrameHeader, Vec<u8>)>,
     pending_role_changes: Vec<(usize, crate::wal::Epoch)>,
     pending_force_service: Vec<usize>,
+    pending_auto_failovers: Vec<(usize, crate::wal::Epoch)>,
+    /// Per database: its connection to the witness, if one is configured.
+    witness_links: Vec<Option<peer::WitnessLink>>,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
@@ -218,6 +221,8 @@ impl ServerShard {
             pending_failovers: Vec::new(),
             pending_role_changes: Vec::new(),
             pending_force_service: Vec::new(),
+            pending_auto_failovers: Vec::new(),
+            witness_links: (0..dbs_len).map(|_| None).collect(),
         }
     }
 

@@ -75,10 +75,14 @@ pub enum FrameKind {
     Failover = 10,
     /// Mirror → principal: the failover at `lsn_to` is persisted; the sender is principal now.
     FailoverDone = 11,
+    /// Partner → witness: its role, state and requests (`witness::report`).
+    WitnessReport = 12,
+    /// Witness → partner: the answer to the report numbered `lsn_to`.
+    WitnessAnswer = 13,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 11] = [
+    pub const ALL: [FrameKind; 13] = [
         FrameKind::Hello,
         FrameKind::Challenge,
         FrameKind::Proof,
@@ -90,6 +94,8 @@ impl FrameKind {
         FrameKind::Pong,
         FrameKind::Failover,
         FrameKind::FailoverDone,
+        FrameKind::WitnessReport,
+        FrameKind::WitnessAnswer,
     ];
 
     pub fn from_u8(byte: u8) -> Option<FrameKind> {
@@ -458,7 +464,7 @@ mod tests {
             }
         }
         assert_eq!(FrameKind::from_u8(0), None);
-        assert_eq!(FrameKind::from_u8(12), None);
+        assert_eq!(FrameKind::from_u8(14), None);
     }
 
     #[test]

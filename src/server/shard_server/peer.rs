@@ -131,6 +131,8 @@ pub(super) struct PeerConn {
     /// an mmap, zeroing and a munmap: measurable on every FULL commit).
     spare_recv: Option<AlignedBuf>,
     spare_send: Option<AlignedBuf>,
+    /// A connection to the witness (not to the partner).
+    witness: bool,
 }
 
 impl PeerConn {
@@ -152,6 +154,7 @@ impl PeerConn {
             started: Instant::now(),
             spare_recv: None,
             spare_send: None,
+            witness: false,
         }
     }
 
@@ -210,6 +213,9 @@ pub(super) struct MirrorLink {
     lsn_marked: Lsn,
     principal_state: Option<MirroringState>,
     principal_safety: Option<SafetyLevel>,
+    /// The principal said SYNCHRONIZED the last time it was heard (kept after the link is lost:
+    /// the witness grants a failover only to a mirror that was synchronized).
+    last_synchronized: bool,
     last_heard: Instant,
     frames_received: u64,
     frames_rejected: u64,
@@ -220,6 +226,41 @@ pub(super) struct MirrorLink {
     /// principal checks it when it connects.
     tails: VecDeque<(Lsn, LogTail)>,
     tail_hardened: LogTail,
+}
+
+/// A database's connection to the witness and what the witness last said.
+pub(super) struct WitnessLink {
+    addr: SocketAddr,
+    conn: Option<u64>,
+    next_dial: Instant,
+    last_dial_error: Option<String>,
+    /// Number of the next report, and when recent ones were sent (a lease counts from the send
+    /// time of the answered report).
+    next_report: u64,
+    sent: VecDeque<(u64, Instant)>,
+    lease_until: Option<Instant>,
+    exposure_recorded: bool,
+    role_sequence_seen: u64,
+}
+
+impl WitnessLink {
+    pub(super) fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            conn: None,
+            next_dial: Instant::now(),
+            last_dial_error: None,
+            next_report: 1,
+            sent: VecDeque::new(),
+            lease_until: None,
+            exposure_recorded: false,
+            role_sequence_seen: 0,
+        }
+    }
+
+    fn lease_valid(&self, now: Instant) -> bool {
+        self.lease_until.is_some_and(|until| now < until)
+    }
 }
 
 pub(super) enum Link {
@@ -243,6 +284,7 @@ impl ServerShard {
     /// --partner / --restoring) and sets up its link.
     pub(super) fn init_links(&mut self) -> Result<()> {
         let m = self.config.mirroring.clone();
+        let m_witness = m.witness.clone();
         for db in 0..self.dbs.len() {
             let Some(database) = self.dbs[db].as_mut() else { continue };
             let dir = database.dir().to_path_buf();
@@ -264,6 +306,8 @@ impl ServerShard {
                     suspended: None,
                     role_sequence: database.log.epoch().0,
                     fenced_by: None,
+                    witness: m_witness.clone(),
+                    partner_endpoint: None,
                 });
                 settings.as_ref().expect("set").store(&dir)?;
             } else if let (None, Some(partner), false) = (&settings, &m.partner, database.is_restoring()) {
@@ -274,6 +318,8 @@ impl ServerShard {
                     suspended: None,
                     role_sequence: database.log.epoch().0,
                     fenced_by: None,
+                    witness: m_witness.clone(),
+                    partner_endpoint: None,
                 });
                 settings.as_ref().expect("set").store(&dir)?;
             } else if let (Some(s), Some(partner)) = (settings.as_mut(), &m.partner) {
@@ -284,6 +330,15 @@ impl ServerShard {
                     s.safety = m.safety;
                     s.store(&dir)?;
                 }
+            }
+            if let (Some(s), Some(witness)) = (settings.as_mut(), &m.witness) {
+                if s.witness.as_ref() != Some(witness) {
+                    s.witness = Some(witness.clone());
+                    s.store(&dir)?;
+                }
+            }
+            if let Some(witness) = settings.as_ref().and_then(|s| s.witness.as_ref()) {
+                self.witness_links[db] = Some(WitnessLink::new(settings::parse_partner(witness)?));
             }
             let Some(settings) = settings else { continue };
             if m.key.is_none() {
@@ -382,6 +437,7 @@ impl ServerShard {
             lsn_marked: Lsn::ZERO,
             principal_state: None,
             principal_safety: None,
+            last_synchronized: false,
             last_heard: Instant::now(),
             frames_received: 0,
             frames_rejected: 0,
@@ -395,10 +451,159 @@ impl ServerShard {
     /// Commits of database `db` whose end LSN is at or below this may be answered.
     pub(super) fn commit_lsn(&self, db: usize) -> Lsn {
         let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
-        match &self.links[db] {
-            Some(Link::Principal(link)) => link.session.commit_lsn(hardened),
+        match (&self.links[db], &self.witness_links[db]) {
+            (Some(Link::Principal(link)), Some(w)) if link.session.is_exposed() => {
+                // With a witness, running exposed needs its record of it and a valid lease:
+                // otherwise a failover could lose what is answered here.
+                if w.exposure_recorded && w.lease_valid(Instant::now()) {
+                    hardened
+                } else {
+                    hardened.min(link.session.lsn_mirror_hardened())
+                }
+            }
+            (Some(Link::Principal(link)), _) => link.session.commit_lsn(hardened),
             _ => hardened,
         }
+    }
+
+    /// A principal with a witness that has neither its mirror nor the witness's lease has no
+    /// quorum: it stops serving (SQL Server's rule; the mirror may be taking over).
+    fn has_no_quorum(&self, db: usize) -> bool {
+        match (&self.links[db], &self.witness_links[db]) {
+            (Some(Link::Principal(link)), Some(w)) => {
+                let mirror = link.conn.is_some_and(|id| self.peers.get(&id).is_some_and(|c| c.ready()));
+                !mirror && !w.lease_valid(Instant::now())
+            }
+            _ => false,
+        }
+    }
+
+    /// Connects database `db` to its witness (retrying, never failing the shard).
+    fn dial_witness(&mut self, ring: &mut Ring, db: usize) -> Result<()> {
+        let Some(w) = self.witness_links[db].as_mut() else { return Ok(()) };
+        let now = Instant::now();
+        if w.conn.is_some() || now < w.next_dial {
+            return Ok(());
+        }
+        w.next_dial = now + DIAL_RETRY;
+        let addr = w.addr;
+        let Ok(fd) = crate::io::net::tcp_socket(addr) else { return Ok(()) };
+        let id = self.next_peer_id;
+        self.next_peer_id += 1;
+        let mut conn = PeerConn::new(fd, Some(db), Phase::Connecting, addr.to_string());
+        conn.witness = true;
+        if ring.connect(conn.fd.as_raw_fd(), addr, token(KIND_PEER_CONNECT, id)).is_err() {
+            return Ok(());
+        }
+        conn.ops = 1;
+        w.conn = Some(id);
+        self.peers.insert(id, conn);
+        Ok(())
+    }
+
+    /// Sends database `db`'s report to its witness (every timer tick).
+    fn report_to_witness(&mut self, db: usize, now: Instant) {
+        let Some(w) = self.witness_links[db].as_mut() else { return };
+        let Some(id) = w.conn else { return };
+        let Some(conn) = self.peers.get_mut(&id).filter(|c| c.ready()) else { return };
+        let database = self.dbs[db].as_ref().expect("owned");
+        let own = self.endpoint_addr.map(|a| a.to_string()).unwrap_or_default();
+        let timeout = self.config.mirroring.partner_timeout;
+        let (report, partner) = match &self.links[db] {
+            Some(Link::Principal(link)) => (
+                crate::witness::state::Report {
+                    role: crate::witness::state::ReportRole::Principal,
+                    role_sequence: database.log.epoch().0,
+                    synchronized: link.session.state() == MirroringState::Synchronized,
+                    exposed: link.session.is_exposed(),
+                    wants_failover: false,
+                },
+                // The mirror's own endpoint (it says so in its pongs), not the address dialed,
+                // which may be a proxy: both partners must name the session alike.
+                link.settings.partner_endpoint.clone().unwrap_or_else(|| link.partner.to_string()),
+            ),
+            Some(Link::Mirror(link)) => {
+                let principal_lost = link.conn.is_none() && now.saturating_duration_since(link.last_heard) >= timeout;
+                let synchronized = link.last_synchronized && link.principal_safety == Some(SafetyLevel::Full);
+                (
+                    crate::witness::state::Report {
+                        role: crate::witness::state::ReportRole::Mirror,
+                        role_sequence: database.log.epoch().0,
+                        synchronized,
+                        exposed: false,
+                        wants_failover: principal_lost && synchronized,
+                    },
+                    normalized_partner(&link.settings.partner),
+                )
+            }
+            None => return,
+        };
+        if own.is_empty() || partner.is_empty() {
+            return; // the session cannot be named yet (the partner's endpoint is not known)
+        }
+        let number = w.next_report;
+        w.next_report += 1;
+        w.sent.push_back((number, now));
+        while w.sent.len() > 64 {
+            w.sent.pop_front();
+        }
+        let body = crate::witness::report::encode_report(&crate::witness::report::ReportBody {
+            report,
+            own_endpoint: own,
+            partner_endpoint: partner,
+        });
+        let bytes = frame::encode_frame(
+            conn.version(),
+            FrameKind::WitnessReport,
+            db_id_of(db),
+            database.log.epoch(),
+            Lsn(number),
+            Lsn(number),
+            &body,
+            false,
+        );
+        conn.out.push_back(Outgoing::Bytes(bytes));
+    }
+
+    /// The witness answered report number `header.lsn_to`.
+    fn witness_answer(
+        &mut self,
+        _id: u64,
+        db: usize,
+        header: &FrameHeader,
+        body: &[u8],
+    ) -> std::result::Result<(), String> {
+        if header.kind == FrameKind::Refuse {
+            return Err(format!("the witness refused: {}", String::from_utf8_lossy(body)));
+        }
+        if header.kind != FrameKind::WitnessAnswer {
+            return Err(format!("unexpected {:?} frame from the witness", header.kind));
+        }
+        let answer = crate::witness::report::decode_answer(body)?;
+        let timeout = self.config.mirroring.partner_timeout;
+        let ours = self.dbs[db].as_ref().expect("owned").log.epoch();
+        let Some(w) = self.witness_links[db].as_mut() else { return Ok(()) };
+        if let Some(&(_, sent)) = w.sent.iter().find(|(n, _)| *n == header.lsn_to.0) {
+            // The lease runs from when the answered report was sent, for half the partner
+            // timeout: it ends before the witness could grant a failover.
+            w.lease_until = Some(sent + timeout / 2);
+        }
+        w.exposure_recorded = answer.exposure_recorded;
+        w.role_sequence_seen = answer.role_sequence;
+        let was_exposed_waiting = matches!(&self.links[db], Some(Link::Principal(l)) if l.session.is_exposed());
+        if was_exposed_waiting && answer.exposure_recorded {
+            self.release_dbs.push(db);
+        }
+        match (&self.links[db], answer.granted) {
+            (Some(Link::Principal(_)), _) if answer.role_sequence > ours.0 => {
+                self.pending_fences.push((db, Epoch(answer.role_sequence)));
+            }
+            (Some(Link::Mirror(_)), Some(granted)) if granted == ours.0 + 1 => {
+                self.pending_auto_failovers.push((db, Epoch(granted)));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     pub(super) fn start_endpoint(&mut self, ring: &mut Ring) -> Result<()> {
@@ -569,6 +774,13 @@ impl ServerShard {
                     let db = conn.db.expect("a dialed connection has its database");
                     let compress = self.config.mirroring.log_compression && version >= frame::PROTOCOL_VERSION_LZ4;
                     conn.phase = Phase::Ready { version, compress };
+                    if conn.witness {
+                        if let Some(w) = self.witness_links[db].as_mut() {
+                            w.last_dial_error = None;
+                            eprintln!("mirrorlog: database {db}: connected to the witness at {}", w.addr);
+                        }
+                        return Ok(true);
+                    }
                     self.principal_connected(id, db, info)?;
                     Ok(true)
                 }
@@ -601,6 +813,10 @@ impl ServerShard {
                 }
                 Err(e) => Err(e.to_string()),
             },
+            Phase::Ready { .. } if conn.witness => {
+                let db = conn.db.expect("a witness connection has its database");
+                self.witness_answer(id, db, header, &body).map(|()| true)
+            }
             Phase::Ready { .. } => {
                 let db = conn.db.expect("a ready connection has its database");
                 self.ready_frame(id, db, header, &body)
@@ -772,6 +988,19 @@ impl ServerShard {
         conn.ops -= 1;
         let db = conn.db.expect("dialed");
         if conn.closed {
+            self.reap_peer(id);
+            return Ok(());
+        }
+        if c.result < 0 && conn.witness {
+            let why = std::io::Error::from_raw_os_error(-c.result).to_string();
+            if let Some(w) = self.witness_links[db].as_mut() {
+                if w.last_dial_error.as_deref() != Some(&why) {
+                    eprintln!("mirrorlog: database {db}: cannot reach the witness at {}: {why}; retrying", w.addr);
+                    w.last_dial_error = Some(why);
+                }
+                w.conn = None;
+            }
+            conn.closed = true;
             self.reap_peer(id);
             return Ok(());
         }
@@ -1059,6 +1288,17 @@ impl ServerShard {
                     return Ok(true);
                 }
                 let ack = header.lsn_to;
+                if header.kind == FrameKind::Pong {
+                    if let Some(endpoint) = std::str::from_utf8(body).ok().filter(|e| !e.is_empty()) {
+                        if link.settings.partner_endpoint.as_deref() != Some(endpoint) {
+                            link.settings.partner_endpoint = Some(endpoint.to_string());
+                            let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
+                            if let Err(e) = link.settings.store(&dir) {
+                                eprintln!("mirrorlog: database {db}: cannot persist the mirror's endpoint: {e}");
+                            }
+                        }
+                    }
+                }
                 if ack > link.lsn_sent {
                     // Checked before it counts: an acknowledgement releases FULL commits.
                     // Beyond what this connection sent is fine only up to this log's hardened
@@ -1083,8 +1323,37 @@ impl ServerShard {
                     _ => None,
                 });
                 link.principal_safety = body.get(1).map(|&b| if b == 1 { SafetyLevel::Full } else { SafetyLevel::Off });
+                link.last_synchronized = link.principal_state == Some(MirroringState::Synchronized);
+                // The principal's endpoint: where this mirror reaches it after a failover, and
+                // half of the session's name at the witness.
+                if let Some(endpoint) =
+                    body.get(2..).and_then(|b| std::str::from_utf8(b).ok()).filter(|e| !e.is_empty())
+                {
+                    let partner = format!("tcp://{endpoint}");
+                    if link.settings.partner != partner {
+                        link.settings.partner = partner;
+                        let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
+                        if let Err(e) = link.settings.store(&dir) {
+                            eprintln!("mirrorlog: database {db}: cannot persist the principal's endpoint: {e}");
+                        }
+                    }
+                }
                 let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
-                self.queue_control(id, db, FrameKind::Pong, hardened);
+                let epoch = self.dbs[db].as_ref().expect("owned").log.epoch();
+                let own = self.endpoint_addr.map(|a| a.to_string()).unwrap_or_default();
+                if let Some(conn) = self.peers.get_mut(&id) {
+                    let bytes = frame::encode_frame(
+                        conn.version(),
+                        FrameKind::Pong,
+                        db_id_of(db),
+                        epoch,
+                        hardened,
+                        hardened,
+                        own.as_bytes(),
+                        false,
+                    );
+                    conn.out.push_back(Outgoing::Bytes(bytes));
+                }
                 Ok(true)
             }
             (Some(Link::Mirror(link)), FrameKind::Log) => {
@@ -1398,6 +1667,12 @@ impl ServerShard {
     /// The timer: session ticks, dials, pings, retention, the mirror's checkpoints.
     pub(super) fn peer_timer(&mut self, ring: &mut Ring) -> Result<()> {
         let now = Instant::now();
+        for db in 0..self.witness_links.len() {
+            if self.witness_links[db].is_some() {
+                self.dial_witness(ring, db)?;
+                self.report_to_witness(db, now);
+            }
+        }
         if std::mem::take(&mut self.endpoint_accept_failed) {
             self.start_endpoint(ring)?;
         }
@@ -1470,7 +1745,7 @@ impl ServerShard {
             self.dbs[db].as_ref().expect("owned").log.epoch(),
             lsn,
             lsn,
-            &[state, safety],
+            &[&[state, safety][..], self.endpoint_addr.map(|a| a.to_string()).unwrap_or_default().as_bytes()].concat(),
             false,
         );
         conn.out.push_back(Outgoing::Bytes(bytes));
@@ -1551,7 +1826,13 @@ impl ServerShard {
         conn.linger = if was_closed { conn.linger && linger } else { linger };
         let peer = conn.peer.clone();
         let db = conn.db;
-        if !was_closed {
+        let witness = conn.witness;
+        if !was_closed && witness {
+            if let Some(w) = db.and_then(|db| self.witness_links[db].as_mut()).filter(|w| w.conn == Some(id)) {
+                eprintln!("mirrorlog: connection with the witness at {} closed: {reason}", w.addr);
+                w.conn = None;
+            }
+        } else if !was_closed {
             eprintln!("mirrorlog: endpoint: connection with {peer} closed: {reason}");
             if let Some(db) = db {
                 match self.links[db].as_mut() {
@@ -1645,6 +1926,15 @@ impl ServerShard {
         line("lsn_appended", database.log.lsn_appended().0.to_string());
         line("lsn_hardened", database.log.lsn_hardened().0.to_string());
         line("role_sequence", database.log.epoch().0.to_string());
+        if let Some(w) = &self.witness_links[db] {
+            line("witness", format!("tcp://{}", w.addr));
+            line(
+                "witness_connected",
+                (w.conn.is_some_and(|id| self.peers.get(&id).is_some_and(|c| c.ready())) as u8).to_string(),
+            );
+            line("witness_lease", (w.lease_valid(Instant::now()) as u8).to_string());
+            line("quorum", (!self.has_no_quorum(db) as u8).to_string());
+        }
         match &self.links[db] {
             None => {
                 line("role", "none".into());
@@ -1729,6 +2019,7 @@ impl ServerShard {
                     _ => Reply::error("ERR the safety level is set on the principal"),
                 },
             },
+            ("SET", "WITNESS") if args.len() == 4 => self.set_witness(db, String::from_utf8_lossy(&args[3]).to_string())?,
             ("SUSPEND", "") | ("RESUME", "") => match self.links[db].as_mut() {
                 Some(Link::Principal(link)) => {
                     let event = if word(1) == "SUSPEND" {
@@ -1749,7 +2040,7 @@ impl ServerShard {
                 Reply::ok()
             }
             _ => Reply::error(
-                "ERR usage: MIRROR STATUS | SET PARTNER tcp://HOST:PORT | SET SAFETY FULL|OFF | SUSPEND | RESUME | OFF | FAILOVER | FORCE_SERVICE",
+                "ERR usage: MIRROR STATUS | SET PARTNER tcp://HOST:PORT | SET WITNESS tcp://HOST:PORT|OFF | SET SAFETY FULL|OFF | SUSPEND | RESUME | OFF | FAILOVER | FORCE_SERVICE",
             ),
         };
         Ok(reply)
@@ -1785,10 +2076,41 @@ impl ServerShard {
             suspended: None,
             role_sequence: database.log.epoch().0,
             fenced_by: None,
+            witness: self.config.mirroring.witness.clone(),
+            partner_endpoint: None,
         };
         settings.store(&dir)?;
         let link = self.principal_link(db, settings)?;
         self.links[db] = Some(link);
+        Ok(Reply::ok())
+    }
+
+    /// MIRROR SET WITNESS tcp://HOST:PORT | OFF, on either partner (both need it).
+    fn set_witness(&mut self, db: usize, witness: String) -> Result<Reply> {
+        let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
+        let off = witness.eq_ignore_ascii_case("OFF");
+        let addr = if off {
+            None
+        } else {
+            match settings::parse_partner(&witness) {
+                Ok(a) => Some(a),
+                Err(e) => return Ok(Reply::error(format!("ERR {e}"))),
+            }
+        };
+        let settings = match self.links[db].as_mut() {
+            Some(Link::Principal(link)) if link.session.safety() != SafetyLevel::Full && !off => {
+                return Ok(Reply::error("ERR a witness needs SAFETY FULL"));
+            }
+            Some(Link::Principal(link)) => &mut link.settings,
+            Some(Link::Mirror(link)) => &mut link.settings,
+            None => return Ok(Reply::error("ERR this database is not mirrored: set the partner first")),
+        };
+        settings.witness = if off { None } else { Some(witness) };
+        settings.store(&dir)?;
+        if let Some(id) = self.witness_links[db].take().and_then(|w| w.conn) {
+            self.close_peer(id, "witness changed");
+        }
+        self.witness_links[db] = addr.map(WitnessLink::new);
         Ok(Reply::ok())
     }
 
@@ -1837,6 +2159,9 @@ impl ServerShard {
                 link.settings.fenced_by.unwrap_or(0)
             )),
             Some(Link::Principal(link)) if link.failover.is_some() => None, // waits (paused) instead
+            Some(Link::Principal(_)) if self.has_no_quorum(db) => Some(format!(
+                "ERR database {db} has no quorum: it lost both its mirror and the witness (the mirror may be taking over)"
+            )),
             _ => None,
         }
     }
@@ -1971,6 +2296,7 @@ impl ServerShard {
     /// hand.
     fn run_role_changes(&mut self, ring: &mut Ring) -> Result<()> {
         let changed = !self.pending_failovers.is_empty()
+            || !self.pending_auto_failovers.is_empty()
             || !self.pending_role_changes.is_empty()
             || !self.pending_force_service.is_empty()
             || self.links.iter().any(|l| matches!(l, Some(Link::Principal(p)) if p.failover.is_some()));
@@ -1986,6 +2312,19 @@ impl ServerShard {
         for (db, epoch) in std::mem::take(&mut self.pending_role_changes) {
             if let Err(e) = self.become_mirror(ring, db, epoch) {
                 eprintln!("mirrorlog: database {db}: becoming the mirror failed: {e}");
+            }
+        }
+        for (db, epoch) in std::mem::take(&mut self.pending_auto_failovers) {
+            let partner = match &self.links[db] {
+                Some(Link::Mirror(link)) => Some(link.settings.partner.clone()).filter(|p| !p.is_empty()),
+                _ => continue,
+            };
+            eprintln!(
+                "mirrorlog: database {db}: AUTOMATIC FAILOVER granted by the witness: serving at role sequence {}",
+                epoch.0
+            );
+            if let Err(e) = self.become_principal(ring, db, epoch, partner) {
+                eprintln!("mirrorlog: database {db}: automatic failover failed: {e}");
             }
         }
         for db in std::mem::take(&mut self.pending_force_service) {
@@ -2034,6 +2373,8 @@ impl ServerShard {
             suspended: None,
             role_sequence: epoch.0,
             fenced_by: None,
+            witness: old.settings.witness.clone(),
+            partner_endpoint: None,
         };
         let dir = database.dir().to_path_buf();
         settings.store(&dir)?;
@@ -2092,6 +2433,8 @@ impl ServerShard {
             suspended: None,
             role_sequence: epoch.0,
             fenced_by: None,
+            witness: old.settings.witness.clone(),
+            partner_endpoint: None,
         });
         match &settings {
             Some(s) => s.store(&dir)?,
@@ -2246,6 +2589,11 @@ fn dispatch_in_pieces(pipeline: &mut RedoPipeline, tx: &mut Vec<RedoRecord>) -> 
         }
     }
     Ok(true)
+}
+
+/// `tcp://HOST:PORT` as the socket address string both partners use for it.
+fn normalized_partner(partner: &str) -> String {
+    settings::parse_partner(partner).map(|a| a.to_string()).unwrap_or_else(|_| partner.to_string())
 }
 
 /// Whether encoded frame bytes are a REFUSE.
