@@ -1,5 +1,6 @@
-//! `mirrorlog quickstart`: a principal and a mirror on this machine, SAFETY FULL, with a live
-//! status line; Ctrl-C stops both. Data, logs and the endpoint key persist in the directory.
+//! `mirrorlog quickstart`: a principal, a mirror and a witness on this machine, SAFETY FULL, with
+//! a live status line; Ctrl-C stops them all. Data, logs and the endpoint key persist in the
+//! directory.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -67,6 +68,13 @@ pub fn run(config: &QuickstartConfig) -> Result<()> {
     pair_config.mirror_endpoint = Some(loopback(mirror_endpoint_port));
     pair_config.databases = DATABASES;
     pair_config.cancel = Some(stop.clone());
+    // The witness first (port after the mirror's endpoint): both partners report to it.
+    let witness_port = next(mirror_endpoint_port, "endpoint-port")?;
+    std::fs::create_dir_all(&config.dir).map_err(|e| Error::io(format!("create {}", config.dir.display()), e))?;
+    let key = crate::bench::local_pair::endpoint_key_file(&config.dir)?;
+    let mut witness = start_witness(config, &key, loopback(witness_port))?;
+    pair_config.server_args = vec!["--witness".into(), format!("tcp://{}", loopback(witness_port))];
+    println!("mirrorlog quickstart: witness on {} (pid {})", loopback(witness_port), witness.id());
     println!("mirrorlog quickstart: starting a mirror and a principal (SAFETY FULL) in {}", config.dir.display());
     let mut pair = match LocalPair::start(&pair_config) {
         Ok(pair) => pair,
@@ -81,9 +89,42 @@ pub fn run(config: &QuickstartConfig) -> Result<()> {
     println!();
     println!("mirrorlog quickstart: stopping the principal (pid {}) and the mirror", pair.principal.pid());
     let stopped = pair.stop(STOP_TIMEOUT);
+    // SAFETY: kill(2) of our own child by pid.
+    unsafe { libc::kill(witness.id() as i32, libc::SIGTERM) };
+    let _ = witness.wait();
     outcome.and(stopped)?;
     println!("mirrorlog quickstart: both stopped; data kept in {}", config.dir.display());
     Ok(())
+}
+
+/// Starts `mirrorlog witness` as a child that dies with this process.
+fn start_witness(config: &QuickstartConfig, key: &std::path::Path, addr: SocketAddr) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let log_path = config.dir.join("witness.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(format!("open {}", log_path.display()), e))?;
+    let mut command = std::process::Command::new(&config.exe);
+    command
+        .args(["witness", "--endpoint", &addr.to_string(), "--data"])
+        .arg(config.dir.join("witness"))
+        .arg("--endpoint-key-file")
+        .arg(key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    // SAFETY: the closure only calls prctl(2), async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|e| Error::io(format!("start the witness: {} witness", config.exe.display()), e))
 }
 
 fn print_intro(pair: &LocalPair, config: &QuickstartConfig) {
