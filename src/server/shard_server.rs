@@ -236,10 +236,14 @@ impl ServerShard {
         let ids: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.replies.front().is_some_and(|r| r.db == db))
+            .filter(|(_, c)| {
+                c.replies.front().is_some_and(|r| r.db == db) || c.retry_after.is_some_and(|(d, _)| d == db)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
+            // A command waiting for pages to become writable may run again now.
+            self.process(id);
             self.flush(ring, id)?;
             self.try_migrate(ring, id)?;
         }
@@ -433,7 +437,7 @@ impl ServerShard {
         }
         let mut used = 0;
         if let Some((db, lsn)) = conn.retry_after {
-            if local(&self.dbs, db).log.lsn_hardened() < lsn && !local(&self.dbs, db).is_failed() {
+            if local(&self.dbs, db).page_write_limit() < lsn && !local(&self.dbs, db).is_failed() {
                 return;
             }
             conn.retry_after = None;

@@ -90,6 +90,10 @@ pub struct Database {
     db_id: DbId,
     /// No new command starts (a manual failover drains the log first).
     pub failover_pending: bool,
+    /// SAFETY FULL: pages are written only up to what the mirror hardened too, so a former
+    /// principal never holds changes its mirror lacks and can rejoin by cutting its log
+    /// (DESIGN: checkpoints in FULL mode).
+    mirror_page_limit: Option<Lsn>,
     /// Log a CHECKPOINT record after each periodic checkpoint (a principal does, so its mirror
     /// can checkpoint at the same LSN).
     pub log_checkpoint_records: bool,
@@ -125,10 +129,11 @@ impl Database {
             cache_pages: config.cache_pages,
             db_id: config.db_id,
             failover_pending: false,
+            mirror_page_limit: None,
             log_checkpoint_records: false,
         };
         db.last_commit = db.log.lsn_hardened();
-        db.pool.set_hardened(db.log.lsn_hardened());
+        db.pool.set_hardened(db.page_write_limit());
         if config.restoring {
             // Redo wrote and synced the pages it changed; the checkpoint stays where it was (a
             // mirror checkpoints only where its principal did: see `record_mirror_checkpoint`).
@@ -187,7 +192,7 @@ impl Database {
                 return Err(Error::LogFailed("the log failed at start-up".into()));
             }
         }
-        self.pool.set_hardened(self.log.lsn_hardened());
+        self.pool.set_hardened(self.page_write_limit());
         Ok(())
     }
 
@@ -221,9 +226,10 @@ impl Database {
         }
         self.restoring = true;
         self.failover_pending = false;
+        self.mirror_page_limit = None;
         self.log_checkpoint_records = false;
         self.pool = BufferPool::new(DataFile::open(&self.dir.join("data.pages"), self.db_id)?, self.cache_pages);
-        self.pool.set_hardened(self.log.lsn_hardened());
+        self.pool.set_hardened(self.page_write_limit());
         Ok(())
     }
 
@@ -233,7 +239,7 @@ impl Database {
     /// full image. Blocks on `ring` for those writes.
     pub fn become_principal(&mut self, ring: &mut Ring, incomplete_tail: bool) -> Result<()> {
         self.pool = BufferPool::new(DataFile::open(&self.dir.join("data.pages"), self.db_id)?, self.cache_pages);
-        self.pool.set_hardened(self.log.lsn_hardened());
+        self.pool.set_hardened(self.page_write_limit());
         self.restoring = false;
         if incomplete_tail {
             self.log.append(redo::TX_ABORT, &[]).map_err(Error::from)?;
@@ -363,7 +369,7 @@ impl Database {
         loop {
             if let CommitProgress::Appended(lsn) = progress {
                 if self.log.lsn_hardened() >= lsn {
-                    self.pool.set_hardened(self.log.lsn_hardened());
+                    self.pool.set_hardened(self.page_write_limit());
                     return Ok(lsn);
                 }
             }
@@ -381,7 +387,7 @@ impl Database {
                     return Err(Error::LogFailed("the log failed during a commit".into()));
                 }
                 wakes.clear();
-                self.pool.set_hardened(self.log.lsn_hardened());
+                self.pool.set_hardened(self.page_write_limit());
             }
             if progress == CommitProgress::WaitingForSpace {
                 progress = self.continue_commit()?;
@@ -392,7 +398,7 @@ impl Database {
     /// Takes the log's completion and updates the pool's view of the hardened LSN.
     pub fn on_log_completion(&mut self, completion: crate::io::ring::Completion, wakes: &mut Vec<Wake>) {
         self.log.complete(completion, wakes);
-        self.pool.set_hardened(self.log.lsn_hardened());
+        self.pool.set_hardened(self.page_write_limit());
     }
 
     /// A checkpoint: writes every page changed before the current log end, syncs the data file,
@@ -408,14 +414,27 @@ impl Database {
         self.checkpoint(Some((ring, token)))
     }
 
+    /// Pages may be written up to here: the local hardened LSN, or (SAFETY FULL) what the
+    /// mirror hardened if that is less.
+    pub fn page_write_limit(&self) -> Lsn {
+        let local = self.log.lsn_hardened();
+        self.mirror_page_limit.map_or(local, |limit| local.min(limit))
+    }
+
+    /// Sets (or lifts) the mirror's part of the page write limit.
+    pub fn set_mirror_page_limit(&mut self, limit: Option<Lsn>) {
+        self.mirror_page_limit = limit;
+        self.pool.set_hardened(self.page_write_limit());
+    }
+
     fn checkpoint(&mut self, ring: Option<(&mut Ring, Token)>) -> Result<bool> {
-        if self.pending.is_some() || self.pool.in_tx() || self.log.lsn_hardened() < self.log.lsn_appended() {
+        if self.pending.is_some() || self.pool.in_tx() || self.page_write_limit() < self.log.lsn_appended() {
             return Ok(false);
         }
         let redo_lsn = self.log.lsn_appended();
         // From now on the first change of any page logs a full image (torn-page protection).
         self.pool.set_checkpoint_lsn(redo_lsn);
-        self.pool.set_hardened(self.log.lsn_hardened());
+        self.pool.set_hardened(self.page_write_limit());
         let left = match ring {
             Some((ring, token)) => self.pool.write_dirty_through(ring, token)?,
             None => self.pool.write_dirty()?,

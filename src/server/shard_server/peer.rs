@@ -896,6 +896,15 @@ impl ServerShard {
 
     /// Runs the session's commands for database `db`.
     pub(super) fn run_session_commands(&mut self, db: usize, cmds: Vec<Command>) {
+        self.run_session_commands_inner(db, cmds);
+        // SAFETY FULL, waiting for the mirror: pages are written only up to what it hardened.
+        if let (Some(Link::Principal(link)), Some(database)) = (&self.links[db], self.dbs[db].as_mut()) {
+            let waits_for = link.session.commit_lsn(Lsn(u64::MAX));
+            database.set_mirror_page_limit((waits_for.0 != u64::MAX).then_some(waits_for));
+        }
+    }
+
+    fn run_session_commands_inner(&mut self, db: usize, cmds: Vec<Command>) {
         for cmd in cmds {
             match cmd {
                 Command::Disconnect { reason } => {
@@ -2126,6 +2135,7 @@ impl ServerShard {
                 database.log.set_shipping(false);
                 database.log.set_retention_hold(None);
                 database.log_checkpoint_records = false;
+                database.set_mirror_page_limit(None);
                 eprintln!("mirrorlog: database {db}: mirroring removed");
                 self.release_dbs.push(db);
                 Ok(Reply::ok())
