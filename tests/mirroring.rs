@@ -24,6 +24,8 @@ struct Pair {
     partner: SocketAddr,
     principal_args: Vec<String>,
     mirror_args: Vec<String>,
+    /// The principal's endpoint to bind on its next start (its partner may dial it there).
+    principal_endpoint: Option<SocketAddr>,
 }
 
 fn status(server: &ServerProcess, db: usize) -> BTreeMap<String, String> {
@@ -57,6 +59,7 @@ impl Pair {
             partner: "127.0.0.1:1".parse().unwrap(),
             principal_args: principal_extra.iter().map(|s| s.to_string()).collect(),
             mirror_args: mirror_extra.iter().map(|s| s.to_string()).collect(),
+            principal_endpoint: None,
             dir,
         };
         pair.start_mirror(None);
@@ -84,9 +87,12 @@ impl Pair {
     fn start_principal(&mut self) {
         let partner = format!("tcp://{}", self.partner);
         let key = self.key.to_str().unwrap().to_string();
-        let mut args: Vec<&str> = vec!["--endpoint", "127.0.0.1:0", "--endpoint-key-file", &key, "--partner", &partner];
+        let endpoint = self.principal_endpoint.map(|e| e.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
+        let mut args: Vec<&str> = vec!["--endpoint", &endpoint, "--endpoint-key-file", &key, "--partner", &partner];
         args.extend(self.principal_args.iter().map(String::as_str));
-        self.principal = Some(ServerProcess::start(&self.dir.path().join("principal"), &args));
+        let started = ServerProcess::start(&self.dir.path().join("principal"), &args);
+        self.principal_endpoint = started.endpoint;
+        self.principal = Some(started);
     }
 
     fn wait_state(&self, db: usize, state: &str) {
@@ -155,11 +161,10 @@ impl Load {
                     while !stop.load(Ordering::SeqCst) {
                         let c = match client.as_mut() {
                             Some(c) => c,
-                            None => match Client::connect(addr, Duration::from_secs(30)) {
-                                Ok(mut c) => {
-                                    c.command(&[b"SELECT", db.to_string().as_bytes()]).unwrap();
-                                    client.insert(c)
-                                }
+                            None => match Client::connect(addr, Duration::from_secs(30))
+                                .and_then(|mut c| c.command(&[b"SELECT", db.to_string().as_bytes()]).map(|_| c))
+                            {
+                                Ok(c) => client.insert(c),
                                 Err(_) => {
                                     std::thread::sleep(Duration::from_millis(50));
                                     continue;
@@ -905,11 +910,18 @@ fn forced_service_serves_from_the_mirror_and_the_returning_old_principal_is_fenc
     for (key, value) in &acked {
         assert_eq!(m.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(value.as_bytes()), "{key}");
     }
-    // The old principal comes back, still believing it is principal at role sequence 1: it
-    // dials its partner, learns of role sequence 2 and stops serving.
+    // The new principal ends the session (standalone at role sequence 2): the old principal,
+    // when it comes back still believing it is principal at role sequence 1, dials it, learns
+    // of role sequence 2 and stops serving — with nowhere to rejoin, it stays fenced.
+    // (It is standalone already if it never learned the old principal's endpoint.)
+    let off = pair.mirror().client().command(&[b"MIRROR", b"OFF"]).unwrap();
+    assert!(
+        matches!(&off, Value::Simple(s) if s == "OK") || matches!(&off, Value::Error(e) if e.contains("not mirrored")),
+        "{off:?}"
+    );
     pair.start_principal();
     wait_for("the old principal to be fenced", Duration::from_secs(30), || {
-        status(pair.principal(), 0)["fenced_by"] == "2"
+        status(pair.principal(), 0).get("fenced_by").map(String::as_str) == Some("2")
     });
     let mut old = pair.principal().client();
     match old.command(&[b"SET", b"split", b"brain"]).unwrap() {
@@ -1100,4 +1112,109 @@ fn with_a_witness_a_principal_cut_from_both_stops_and_the_mirror_takes_over() {
     for key in &acked {
         assert_eq!(m.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(&b"v"[..]), "{key}");
     }
+}
+
+#[test]
+fn after_an_automatic_failover_the_old_principal_rejoins_as_mirror_and_roles_switch_back() {
+    let mut trio = Trio::start("1");
+    let load = Load::start(trio.pair.principal().addr, 2);
+    load.wait_count(300);
+    trio.pair.principal.take().unwrap().kill9(); // under load: its last batches may be unshipped
+    let acked = load.finish();
+    wait_for("the automatic failover", Duration::from_secs(20), || {
+        status(trio.pair.mirror(), 0)["role"] == "principal"
+    });
+    let mut c = trio.pair.mirror().client();
+    for i in 0..50 {
+        assert!(set(&mut c, &format!("new{i}"), b"after failover"));
+    }
+    // The old principal comes back: fenced, it learns where role sequence 2 began, cuts its log
+    // there, and rejoins as the mirror of the new principal.
+    trio.pair.start_principal();
+    wait_for("the old principal to rejoin", Duration::from_secs(30), || {
+        let old = status(trio.pair.principal(), 0);
+        let new = status(trio.pair.mirror(), 0);
+        old["role"] == "mirror" && new["state"] == "SYNCHRONIZED"
+    });
+    let old = status(trio.pair.principal(), 0);
+    assert_eq!(old["role_sequence"], "2", "{old:?}");
+    eprintln!("rejoin: discarded {:?}", old["discarded"]);
+    // Every write acknowledged by either principal is on the new one.
+    for ((_, key), value) in &acked {
+        assert_eq!(c.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(&value[..]), "{key}");
+    }
+    // And back: a manual failover makes the first principal serve again.
+    assert_eq!(c.command(&[b"MIRROR", b"FAILOVER"]).unwrap(), Value::Simple("OK".into()));
+    wait_for("the roles to switch back", Duration::from_secs(30), || {
+        status(trio.pair.principal(), 0)["role"] == "principal"
+            && status(trio.pair.principal(), 0)["state"] == "SYNCHRONIZED"
+    });
+    let mut p = trio.pair.principal().client();
+    assert_eq!(p.command(&[b"GET", b"new7"]).unwrap().as_bytes(), Some(&b"after failover"[..]));
+    assert!(set(&mut p, "back", b"home"));
+    drop((c, p));
+    let Trio { pair, .. } = trio;
+    pair.stop_and_compare();
+}
+
+#[test]
+fn after_forced_service_the_old_principal_rejoins_and_reports_what_it_discarded() {
+    use mirrorlog::testing::{Fault, FaultProxy};
+    let mut pair = Pair::start(
+        &["--safety", "off", "--partner-timeout", "1", "--databases", "1"],
+        &["--partner-timeout", "1", "--databases", "1"],
+    );
+    assert!(pair.principal.take().unwrap().stop());
+    let proxy = FaultProxy::start(pair.mirror().endpoint.unwrap()).unwrap();
+    pair.partner = proxy.addr();
+    pair.start_principal();
+    pair.wait_state(0, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    for i in 0..50 {
+        assert!(set(&mut c, &format!("shipped{i}"), b"1"));
+    }
+    wait_for("the mirror to know its principal's endpoint", Duration::from_secs(10), || {
+        !status(pair.mirror(), 0)["partner"].is_empty()
+    });
+    let hardened: u64 = status(pair.principal(), 0)["lsn_hardened"].parse().unwrap();
+    wait_for("the mirror to harden everything", Duration::from_secs(10), || {
+        status(pair.mirror(), 0)["lsn_hardened"].parse::<u64>().unwrap() >= hardened
+    });
+    // SAFETY OFF, the mirror cut off: these are acknowledged by the principal alone.
+    proxy.set(Fault::BlackHole);
+    for i in 0..30 {
+        assert!(set(&mut c, &format!("unshipped{i}"), b"2"));
+    }
+    drop(c);
+    // The mirror loses its principal (a partition, not a crash: the principal keeps running
+    // and, with SAFETY OFF and no witness, keeps answering) and is forced into service.
+    wait_for("the mirror to lose its principal", Duration::from_secs(10), || {
+        status(pair.mirror(), 0)["connected"] == "0"
+    });
+    assert_eq!(pair.mirror().client().command(&[b"MIRROR", b"FORCE_SERVICE"]).unwrap(), Value::Simple("OK".into()));
+    wait_for("forced service", Duration::from_secs(10), || status(pair.mirror(), 0)["role"] == "principal");
+    // The partition heals: the old principal learns of role sequence 2 and rejoins.
+    proxy.heal();
+    wait_for("the old principal to rejoin as mirror", Duration::from_secs(30), || {
+        status(pair.principal(), 0)["role"] == "mirror" && status(pair.mirror(), 0)["state"] == "SYNCHRONIZED"
+    });
+    let old = status(pair.principal(), 0);
+    assert!(old["discarded"].contains("30 transaction(s)"), "what was lost, and where it is: {old:?}");
+    let file = old["discarded"].rsplit(" in ").next().unwrap().to_string();
+    assert!(std::fs::metadata(&file).unwrap().len() > 0, "{file}");
+    let mut n = pair.mirror().client();
+    assert_eq!(n.command(&[b"GET", b"shipped7"]).unwrap().as_bytes(), Some(&b"1"[..]));
+    assert_eq!(
+        n.command(&[b"GET", b"unshipped7"]).unwrap(),
+        Value::Nil,
+        "lost with forced service, as SAFETY OFF allows"
+    );
+    assert!(set(&mut n, "after", b"rejoin"));
+    drop(n);
+    // The pair works on: the new principal's writes reach the rejoined mirror.
+    let hardened: u64 = status(pair.mirror(), 0)["lsn_hardened"].parse().unwrap();
+    wait_for("the rejoined mirror to catch up", Duration::from_secs(20), || {
+        status(pair.principal(), 0)["lsn_redone"].parse::<u64>().unwrap() >= hardened
+    });
+    drop(proxy);
 }

@@ -49,6 +49,10 @@ pub struct MirroringSettings {
     /// The partner's own endpoint as it reports it (`HOST:PORT`; the partner may be dialed
     /// through another address): half of the session's name at the witness.
     pub partner_endpoint: Option<String>,
+    /// Where this database's role sequence began (the failover LSN, when it became principal).
+    pub role_start_lsn: Option<u64>,
+    /// What a rejoin cut from this database's log: LSN range, transactions, the file keeping it.
+    pub discarded: Option<String>,
 }
 
 pub fn path(db_dir: &Path) -> PathBuf {
@@ -82,6 +86,12 @@ impl MirroringSettings {
         if let Some(endpoint) = &self.partner_endpoint {
             text.push_str(&format!("partner_endpoint {endpoint}\n"));
         }
+        if let Some(lsn) = self.role_start_lsn {
+            text.push_str(&format!("role_start_lsn {lsn}\n"));
+        }
+        if let Some(discarded) = &self.discarded {
+            text.push_str(&format!("discarded {}\n", discarded.replace('\n', " ")));
+        }
         if let Some(reason) = &self.suspended {
             text.push_str(&format!("suspended {}\n", reason.replace('\n', " ")));
         }
@@ -101,6 +111,7 @@ impl MirroringSettings {
         }
         let (mut role, mut partner, mut safety, mut suspended) = (None, None, None, None);
         let (mut role_sequence, mut fenced_by, mut witness, mut partner_endpoint) = (1u64, None, None, None);
+        let (mut role_start_lsn, mut discarded) = (None, None);
         for line in body.lines() {
             let (name, value) = line.split_once(' ').unwrap_or((line, ""));
             match name {
@@ -119,6 +130,8 @@ impl MirroringSettings {
                 "role_sequence" => role_sequence = value.parse().map_err(|_| bad("unreadable role sequence"))?,
                 "witness" => witness = Some(value.to_string()),
                 "partner_endpoint" => partner_endpoint = Some(value.to_string()),
+                "role_start_lsn" => role_start_lsn = Some(value.parse().map_err(|_| bad("unreadable role_start_lsn"))?),
+                "discarded" => discarded = Some(value.to_string()),
                 "fenced_by" => fenced_by = Some(value.parse().map_err(|_| bad("unreadable fenced_by"))?),
                 _ => return Err(bad(&format!("unknown setting {name:?}"))),
             }
@@ -132,6 +145,8 @@ impl MirroringSettings {
             fenced_by,
             witness,
             partner_endpoint,
+            role_start_lsn,
+            discarded,
         })
     }
 
@@ -186,6 +201,8 @@ mod tests {
             fenced_by: Some(4),
             witness: Some("tcp://127.0.0.1:5024".into()),
             partner_endpoint: Some("127.0.0.1:5023".into()),
+            role_start_lsn: Some(8192),
+            discarded: Some("lsn 100 to lsn 200, 1 transaction(s), in discarded-100-200.log".into()),
         };
         settings.store(dir.path()).unwrap();
         assert_eq!(MirroringSettings::load(dir.path()).unwrap(), Some(settings.clone()));

@@ -157,6 +157,7 @@ pub struct ServerShard {
     endpoint_addr: Option<std::net::SocketAddr>,
     /// Role changes asked for by frames or commands, run in `before_sleep` (see `peer`).
     pending_fences: Vec<(usize, crate::wal::Epoch)>,
+    pending_rejoins: Vec<(usize, crate::wal::Epoch, Lsn)>,
     pending_failovers: Vec<(u64, usize, crate::wire::frame::FrameHeader, Vec<u8>)>,
     pending_role_changes: Vec<(usize, crate::wal::Epoch)>,
     pending_force_service: Vec<usize>,
@@ -218,6 +219,7 @@ impl ServerShard {
             endpoint_accept_failed: false,
             endpoint_addr: None,
             pending_fences: Vec::new(),
+            pending_rejoins: Vec::new(),
             pending_failovers: Vec::new(),
             pending_role_changes: Vec::new(),
             pending_force_service: Vec::new(),

@@ -12,6 +12,7 @@ pub mod recovery;
 pub mod remote;
 pub mod segment;
 mod segment_preparer;
+pub mod truncate;
 pub mod waiters;
 
 pub use log_writer::{AppendError, DiskFaults, LogConfig, LogWriter, Wake};

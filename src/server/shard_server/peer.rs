@@ -185,6 +185,8 @@ pub(super) struct PrincipalLink {
     frames_live: u64,
     frames_catch_up: u64,
     bytes_sent: u64,
+    /// Why this fenced principal could not rejoin as mirror (it does not try again).
+    rejoin_refused: Option<String>,
     /// A manual failover in progress (PENDING_FAILOVER).
     failover: Option<Failover>,
 }
@@ -308,6 +310,8 @@ impl ServerShard {
                     fenced_by: None,
                     witness: m_witness.clone(),
                     partner_endpoint: None,
+                    role_start_lsn: None,
+                    discarded: None,
                 });
                 settings.as_ref().expect("set").store(&dir)?;
             } else if let (None, Some(partner), false) = (&settings, &m.partner, database.is_restoring()) {
@@ -320,6 +324,8 @@ impl ServerShard {
                     fenced_by: None,
                     witness: m_witness.clone(),
                     partner_endpoint: None,
+                    role_start_lsn: None,
+                    discarded: None,
                 });
                 settings.as_ref().expect("set").store(&dir)?;
             } else if let (Some(s), Some(partner)) = (settings.as_mut(), &m.partner) {
@@ -382,6 +388,7 @@ impl ServerShard {
             frames_live: 0,
             frames_catch_up: 0,
             bytes_sent: 0,
+            rejoin_refused: None,
             failover: None,
         })))
     }
@@ -760,8 +767,17 @@ impl ServerShard {
             Phase::Connecting => Err("a frame before the connection was set up".into()),
             Phase::Dialing(dialer) => match dialer.on_frame(header, &body).map_err(|e| {
                 if let handshake::HandshakeError::Refused(reason) = &e {
-                    if let Some(by) = reason.strip_prefix("FENCED ").and_then(|r| r.split(':').next()?.parse().ok()) {
-                        self.pending_fences.push((conn.db.expect("dialed"), Epoch(by)));
+                    if let Some(rest) = reason.strip_prefix("FENCED ") {
+                        let mut words = rest.split(':').next().unwrap_or("").split(' ');
+                        let by = words.next().and_then(|w| w.parse().ok());
+                        let start = words.next().and_then(|w| w.parse::<u64>().ok()).filter(|&s| s > 0);
+                        if let Some(by) = by {
+                            let db = conn.db.expect("dialed");
+                            self.pending_fences.push((db, Epoch(by)));
+                            if let Some(start) = start {
+                                self.pending_rejoins.push((db, Epoch(by), Lsn(start)));
+                            }
+                        }
                     }
                 }
                 e.to_string()
@@ -1406,12 +1422,17 @@ impl ServerShard {
         let refuse = |reason: String| reason;
         let mut superseded = None;
         let result = match (self.links.get(db).and_then(|l| l.as_ref()), self.dbs.get(db).and_then(|d| d.as_ref())) {
-            (_, Some(database)) if hello.epoch < database.log.epoch() => {
+            (link, Some(database)) if hello.epoch < database.log.epoch() => {
                 // Fencing: a principal of an older role sequence is refused, whatever this
-                // database is now; the reason tells it to stop serving.
+                // database is now; the reason tells it to stop serving, and where this role
+                // sequence began (the failover LSN: where it may cut its log back to rejoin).
                 let ours = database.log.epoch();
+                let start = match link {
+                    Some(Link::Principal(l)) => l.settings.role_start_lsn.unwrap_or(0),
+                    _ => 0,
+                };
                 Err(refuse(format!(
-                    "FENCED {}: role sequence {} is stale; this database acts at role sequence {}",
+                    "FENCED {} {start}: role sequence {} is stale; this database acts at role sequence {}",
                     ours.0, hello.epoch.0, ours.0
                 )))
             }
@@ -1430,7 +1451,7 @@ impl ServerShard {
                 // service, or a failover it did not see finish). It stops serving at once.
                 superseded = Some(hello.epoch);
                 Err(refuse(format!(
-                    "database {db} here acted at role sequence {}; it is fenced now (a fenced principal does not yet rejoin as mirror by itself)",
+                    "database {db} here acted at role sequence {}; it is fenced now, and rejoins as mirror once it learns where the newer role sequence began",
                     database.log.epoch().0
                 )))
             }
@@ -1955,6 +1976,7 @@ impl ServerShard {
                 let state = if link.failover.is_some() { MirroringState::PendingFailover } else { s.state() };
                 line("state", state.to_string());
                 line("fenced_by", link.settings.fenced_by.map(|f| f.to_string()).unwrap_or_default());
+                line("rejoin_refused", link.rejoin_refused.clone().unwrap_or_default());
                 line("safety", s.safety().to_string());
                 line("partner", link.settings.partner.clone());
                 line("partner_timeout_ms", s.partner_timeout().as_millis().to_string());
@@ -1991,6 +2013,7 @@ impl ServerShard {
                 line("connected", (link.conn.is_some() as u8).to_string());
                 line("exposed", "0".into());
                 line("database_state", "RESTORING".into());
+                line("discarded", link.settings.discarded.clone().unwrap_or_default());
                 line("lsn_redone", redone.0.to_string());
                 line("lsn_dispatched", link.lsn_dispatched.0.to_string());
                 line("redo_queue_bytes", database.log.lsn_hardened().0.saturating_sub(redone.0).to_string());
@@ -2087,6 +2110,8 @@ impl ServerShard {
             fenced_by: None,
             witness: self.config.mirroring.witness.clone(),
             partner_endpoint: None,
+            role_start_lsn: None,
+            discarded: None,
         };
         settings.store(&dir)?;
         let link = self.principal_link(db, settings)?;
@@ -2192,8 +2217,8 @@ impl ServerShard {
         if let Err(e) = link.settings.store(&dir) {
             eprintln!("mirrorlog: database {db}: cannot persist the fencing: {e}");
         }
-        let cmds = link.session.on_event(Event::Suspend { reason: format!("fenced by role sequence {}", by.0) });
-        self.deferred_session_commands.push((db, cmds));
+        // Not suspended: it keeps dialing its partner, whose refusal says where the newer role
+        // sequence began — the LSN it cuts its log back to when it rejoins as mirror.
         self.release_dbs.push(db);
     }
 
@@ -2302,6 +2327,105 @@ impl ServerShard {
         Ok(())
     }
 
+    /// Rejoin: a fenced former principal becomes the mirror of the principal of role sequence
+    /// `by`, whose role began at `at` (the failover LSN). Its log after `at` holds transactions
+    /// the new principal never had (none was acknowledged under SAFETY FULL); they are cut and
+    /// kept in a file, the database reopens as a mirror copy at `at`, and the new principal ships
+    /// it the rest. Under SAFETY FULL no page on disk is newer than what the mirror hardened, so
+    /// nothing needs rewinding; if a page is (the principal ran exposed), the rejoin is refused.
+    fn rejoin(&mut self, ring: &mut Ring, db: usize, by: Epoch, at: Lsn) -> Result<()> {
+        let Some(Link::Principal(link)) = self.links[db].as_ref() else { return Ok(()) };
+        if link.rejoin_refused.is_some() {
+            return Ok(());
+        }
+        let database = self.dbs[db].as_ref().expect("owned");
+        if database.commit_in_progress() || database.log.write_in_flight() || database.log.has_unwritten() {
+            self.pending_rejoins.push((db, by, at)); // after the write in flight
+            return Ok(());
+        }
+        let end = database.log.lsn_hardened();
+        if end < at {
+            return Err(Error::Mirroring(format!(
+                "this log ends at {end}, before the failover LSN {at}: it lacks log the new principal has (restore it from a backup)"
+            )));
+        }
+        // Pages newer than the cut would need rewinding (not built): refuse rather than diverge.
+        let data_path = database.dir().join("data.pages");
+        let data = crate::store::data_file::DataFile::open(&data_path, db_id_of(db))?;
+        let mut page = AlignedBuf::zeroed(crate::store::page::PAGE_SIZE);
+        for id in 0..data.capacity_pages() {
+            if data.read_page(crate::store::page::PageId(id), &mut page)?.is_ok()
+                && crate::store::page::page_lsn(&page) > at
+            {
+                return Err(Error::Mirroring(format!(
+                    "page {id} holds changes past the failover LSN {at} (written while the session ran exposed); rewinding pages is not built"
+                )));
+            }
+        }
+        drop(data);
+        // What is cut: count its transactions while the log is still open.
+        let mut transactions = 0u64;
+        let mut pos = at;
+        while let Some((_, to, bytes)) = database.log.read_hardened(pos, 1 << 20)? {
+            let mut off = 0;
+            while let Some(h) = record::parse_header(&bytes[off..]) {
+                transactions += (h.kind == redo::TX_COMMIT) as u64;
+                off += record::record_size(h.body_len as usize);
+                if off >= bytes.len() {
+                    break;
+                }
+            }
+            pos = to;
+        }
+        let old = match self.links[db].take() {
+            Some(Link::Principal(old)) => old,
+            _ => unreachable!("checked above"),
+        };
+        if let Some(id) = old.conn {
+            self.close_peer(id, "rejoining as mirror");
+        }
+        let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
+        let config = crate::store::database::DatabaseConfig {
+            dir: dir.clone(),
+            db_id: db_id_of(db),
+            epoch: by,
+            cache_pages: (self.config.cache_size as usize / crate::store::page::PAGE_SIZE) / self.config.databases,
+            segment_size: self.config.segment_size,
+            restoring: true,
+        };
+        // Close the log and the pages (its dirty pages hold nothing the new principal lacks
+        // that is worth keeping: they are dropped), then cut the log.
+        self.dbs[db] = None;
+        let cut = crate::wal::truncate::truncate_after(&dir.join("log"), at)?;
+        let file = format!("discarded-{}-{}.log", at.0, end.0);
+        std::fs::write(dir.join(&file), &cut).map_err(|e| Error::io(format!("write {file}"), e))?;
+        let discarded = format!("{at} to {end}, {transactions} transaction(s), in {}", dir.join(&file).display());
+        let settings = MirroringSettings {
+            role: Role::Mirror,
+            partner: old.settings.partner.clone(),
+            safety: old.settings.safety,
+            suspended: None,
+            role_sequence: by.0,
+            fenced_by: None,
+            witness: old.settings.witness.clone(),
+            partner_endpoint: None,
+            role_start_lsn: None,
+            discarded: (end > at).then_some(discarded.clone()),
+        };
+        settings.store(&dir)?;
+        let database = crate::store::database::Database::open(config, ring, token(super::KIND_LOG, db as u64))?;
+        self.dbs[db] = Some(database);
+        let link = self.mirror_link(db, settings)?;
+        self.links[db] = Some(link);
+        eprintln!(
+            "mirrorlog: database {db}: REJOINED as mirror at role sequence {} from {at}; discarded {}",
+            by.0,
+            if end > at { discarded } else { "nothing".to_string() }
+        );
+        self.release_dbs.push(db);
+        Ok(())
+    }
+
     /// Role changes and fencing that frames or commands asked for, run where the ring is at
     /// hand.
     fn run_role_changes(&mut self, ring: &mut Ring) -> Result<()> {
@@ -2312,6 +2436,14 @@ impl ServerShard {
             || self.links.iter().any(|l| matches!(l, Some(Link::Principal(p)) if p.failover.is_some()));
         for (db, by) in std::mem::take(&mut self.pending_fences) {
             self.fence(db, by);
+        }
+        for (db, by, at) in std::mem::take(&mut self.pending_rejoins) {
+            if let Err(e) = self.rejoin(ring, db, by, at) {
+                eprintln!("mirrorlog: database {db}: cannot rejoin as mirror: {e}; it stays fenced");
+                if let Some(Link::Principal(link)) = self.links[db].as_mut() {
+                    link.rejoin_refused = Some(e.to_string());
+                }
+            }
         }
         for (id, db, header, body) in std::mem::take(&mut self.pending_failovers) {
             if let Err(reason) = self.mirror_failover(ring, id, db, &header, &body) {
@@ -2385,6 +2517,8 @@ impl ServerShard {
             fenced_by: None,
             witness: old.settings.witness.clone(),
             partner_endpoint: None,
+            role_start_lsn: None,
+            discarded: None,
         };
         let dir = database.dir().to_path_buf();
         settings.store(&dir)?;
@@ -2445,6 +2579,9 @@ impl ServerShard {
             fenced_by: None,
             witness: old.settings.witness.clone(),
             partner_endpoint: None,
+            // The failover LSN: a former principal that rejoins cuts its log back to here.
+            role_start_lsn: Some(database.log.lsn_hardened().0),
+            discarded: None,
         });
         match &settings {
             Some(s) => s.store(&dir)?,
