@@ -1218,3 +1218,48 @@ fn after_forced_service_the_old_principal_rejoins_and_reports_what_it_discarded(
     });
     drop(proxy);
 }
+
+#[test]
+fn the_failover_partner_client_follows_manual_and_automatic_failovers_without_losing_writes() {
+    use mirrorlog::client::failover::{FailoverClient, RetrySchedule};
+    let mut trio = Trio::start("1");
+    let partners = [trio.pair.mirror().addr, trio.pair.principal().addr]; // any order
+    let mut client = FailoverClient::new(&partners, 0, RetrySchedule::default());
+    let mut acked = Vec::new();
+    let mut write = |client: &mut FailoverClient, n: usize| {
+        let key = format!("fc{n}");
+        match client.command(&[b"SET", key.as_bytes(), b"v"]) {
+            Ok(Value::Simple(s)) if s == "OK" => acked.push(key),
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => {} // outcome unknown (connection lost mid-command): not counted
+        }
+    };
+    for n in 0..100 {
+        write(&mut client, n);
+    }
+    // A manual failover: the client's next commands are refused (READONLY) and it follows.
+    let mut p = trio.pair.principal().client();
+    assert_eq!(p.command(&[b"MIRROR", b"FAILOVER"]).unwrap(), Value::Simple("OK".into()));
+    for n in 100..200 {
+        write(&mut client, n);
+    }
+    assert_eq!(client.principal(), Some(trio.pair.mirror().addr));
+    // An automatic failover back: the new principal (the first mirror) is killed.
+    wait_for("the old principal to be the mirror, synchronized", Duration::from_secs(20), || {
+        status(trio.pair.mirror(), 0)["state"] == "SYNCHRONIZED"
+    });
+    wait_for("the mirror to know it is synchronized", Duration::from_secs(20), || {
+        status(trio.pair.principal(), 0)["principal_was_synchronized"] == "1"
+    });
+    trio.pair.mirror.take().unwrap().kill9();
+    for n in 200..300 {
+        write(&mut client, n);
+    }
+    assert_eq!(client.principal(), Some(trio.pair.principal().addr));
+    assert!(client.failovers_followed >= 2, "{}", client.failovers_followed);
+    assert!(acked.len() >= 290, "{} of 300 acknowledged", acked.len());
+    let mut c = trio.pair.principal().client();
+    for key in &acked {
+        assert_eq!(c.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(&b"v"[..]), "{key}");
+    }
+}

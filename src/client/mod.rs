@@ -1,5 +1,7 @@
 //! A small blocking RESP client: tests, tools and load generators talk to a server with it.
-//! (The failover-aware client of the mirroring work builds on it.)
+//! `failover` builds the failover-partner client on it.
+
+pub mod failover;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -947,6 +947,12 @@ impl ServerShard {
                 }
                 Command::StateChanged { from, to } => {
                     eprintln!("mirrorlog: database {db}: mirroring state {from} -> {to}");
+                    // The mirror learns the state from pings: the next tick sends one (a mirror
+                    // that does not know it is SYNCHRONIZED cannot be granted a failover).
+                    if let Some(Link::Principal(link)) = self.links[db].as_mut() {
+                        link.last_ping =
+                            Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
+                    }
                 }
                 Command::RunExposed => {
                     eprintln!(
@@ -2014,6 +2020,8 @@ impl ServerShard {
                 line("exposed", "0".into());
                 line("database_state", "RESTORING".into());
                 line("discarded", link.settings.discarded.clone().unwrap_or_default());
+                line("principal_was_synchronized", (link.last_synchronized as u8).to_string());
+                line("principal_safety", link.principal_safety.map(|s| s.to_string()).unwrap_or_default());
                 line("lsn_redone", redone.0.to_string());
                 line("lsn_dispatched", link.lsn_dispatched.0.to_string());
                 line("redo_queue_bytes", database.log.lsn_hardened().0.saturating_sub(redone.0).to_string());
