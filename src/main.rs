@@ -46,6 +46,11 @@ enum Command {
         /// partners' --partner-timeout.
         #[arg(long, default_value_t = 10.0)]
         partner_timeout: f64,
+        /// Where Redis Sentinel's discovery commands are answered (SENTINEL
+        /// get-master-addr-by-name dbN …), so Sentinel-aware clients find the principal; `none`
+        /// to turn it off.
+        #[arg(long, default_value = "127.0.0.1:26379")]
+        sentinel: String,
     },
     /// Offline verification of on-disk state.
     #[command(subcommand)]
@@ -344,7 +349,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench(BenchCommand::Commit(args)) => bench_commit(args)?,
-        Command::Witness { endpoint, data, endpoint_key_file, partner_timeout } => {
+        Command::Witness { endpoint, data, endpoint_key_file, partner_timeout, sentinel } => {
+            let sentinel = match sentinel.as_str() {
+                "none" => None,
+                s => Some(s.parse().map_err(|_| anyhow::anyhow!("--sentinel takes HOST:PORT or none"))?),
+            };
             anyhow::ensure!(partner_timeout >= 1.0, "--partner-timeout must be at least 1 second");
             let key = mirrorlog::wire::handshake::load_key(&endpoint_key_file).map_err(anyhow::Error::msg)?;
             let stop = install_stop_signals();
@@ -353,9 +362,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data: data.clone(),
                 key: std::sync::Arc::new(key),
                 partner_timeout: Duration::from_secs_f64(partner_timeout),
+                sentinel,
             };
-            mirrorlog::witness::server::run(config, stop, |addr| {
+            mirrorlog::witness::server::run(config, stop, |addr, sentinel| {
                 println!("mirrorlog: witness serving from {} on {addr}", data.display());
+                if let Some(sentinel) = sentinel {
+                    println!("mirrorlog: Sentinel discovery commands answered on {sentinel}");
+                }
                 use std::io::Write;
                 std::io::stdout().flush().ok();
             })?;

@@ -968,23 +968,38 @@ fn a_black_holed_link_holds_full_commits_for_the_partner_timeout_and_heals() {
 struct WitnessProcess {
     child: std::process::Child,
     addr: SocketAddr,
+    /// Where it answers Redis Sentinel's discovery commands.
+    sentinel: SocketAddr,
 }
 
 impl WitnessProcess {
     fn start(dir: &Path, key: &Path, partner_timeout: &str) -> WitnessProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-            .args(["witness", "--endpoint", "127.0.0.1:0", "--partner-timeout", partner_timeout, "--data"])
+            .args([
+                "witness",
+                "--endpoint",
+                "127.0.0.1:0",
+                "--sentinel",
+                "127.0.0.1:0",
+                "--partner-timeout",
+                partner_timeout,
+            ])
+            .arg("--data")
             .arg(dir)
             .arg("--endpoint-key-file")
             .arg(key)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        reader.read_line(&mut line).unwrap();
         let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
-        WitnessProcess { child, addr }
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let sentinel = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        WitnessProcess { child, addr, sentinel }
     }
 }
 
@@ -999,7 +1014,7 @@ impl Drop for WitnessProcess {
 /// through fault proxies (the mirror reaches the witness directly).
 struct Trio {
     pair: Pair,
-    _witness: WitnessProcess,
+    witness: WitnessProcess,
     to_mirror: mirrorlog::testing::FaultProxy,
     to_witness: mirrorlog::testing::FaultProxy,
 }
@@ -1027,7 +1042,7 @@ impl Trio {
         });
         // The principal learns the mirror's own endpoint from its pongs (about a second).
         std::thread::sleep(Duration::from_millis(1200));
-        Trio { pair, _witness: witness, to_mirror, to_witness }
+        Trio { pair, witness, to_mirror, to_witness }
     }
 }
 
@@ -1262,4 +1277,66 @@ fn the_failover_partner_client_follows_manual_and_automatic_failovers_without_lo
     for key in &acked {
         assert_eq!(c.command(&[b"GET", key.as_bytes()]).unwrap().as_bytes(), Some(&b"v"[..]), "{key}");
     }
+}
+
+/// Redis Sentinel's discovery, answered by the witness: Sentinel-aware clients (our client and
+/// redis-py's `Sentinel`) find the principal, and find the new one after a failover.
+#[test]
+fn the_witness_answers_sentinel_discovery_and_redis_py_follows_a_failover() {
+    let mut trio = Trio::start("1");
+    let sentinel = trio.witness.sentinel;
+    let addr_of = |s: &ServerProcess| {
+        vec![Value::Bulk(s.addr.ip().to_string().into_bytes()), Value::Bulk(s.addr.port().to_string().into_bytes())]
+    };
+    let ask = |args: &[&[u8]]| Client::connect(sentinel, Duration::from_secs(5)).unwrap().command(args).unwrap();
+    wait_for("the witness to know the principal", Duration::from_secs(10), || {
+        ask(&[b"SENTINEL", b"get-master-addr-by-name", b"db0"]) == Value::Array(addr_of(trio.pair.principal()))
+    });
+    fn text(v: &Value) -> String {
+        match v {
+            Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(" "),
+            other => other.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default(),
+        }
+    }
+    let masters = text(&ask(&[b"SENTINEL", b"masters"]));
+    assert!(masters.contains("name db0") && masters.contains("flags master"), "{masters}");
+    let replicas = text(&ask(&[b"SENTINEL", b"replicas", b"db0"]));
+    assert!(replicas.contains(&format!("port {}", trio.pair.mirror().addr.port())), "{replicas}");
+    assert_eq!(ask(&[b"SENTINEL", b"get-master-addr-by-name", b"nosuch"]), Value::Nil);
+    // redis-py, unchanged, through Sentinel.
+    let script = format!(
+        "import redis, redis.sentinel\n\
+         s = redis.sentinel.Sentinel([('127.0.0.1', {port})], socket_timeout=5)\n\
+         m = s.master_for('db0', socket_timeout=5)\n\
+         m.set('through-sentinel', 'yes')\n\
+         assert m.get('through-sentinel') == b'yes'\n\
+         print(*s.discover_master('db0'))\n",
+        port = sentinel.port()
+    );
+    let run = |script: &str| {
+        let out = std::process::Command::new("python3").args(["-c", script]).output().expect("python3");
+        assert!(
+            out.status.success(),
+            "redis-py failed (pip install redis; .ci/run installs it):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let first = run(&script);
+    assert_eq!(first, format!("127.0.0.1 {}", trio.pair.principal().addr.port()));
+    // The principal dies; the witness grants the mirror the failover, and Sentinel clients are
+    // told the new principal.
+    wait_for("the mirror to know it is synchronized", Duration::from_secs(20), || {
+        status(trio.pair.mirror(), 0)["principal_was_synchronized"] == "1"
+    });
+    trio.pair.principal.take().unwrap().kill9();
+    wait_for("Sentinel to name the new principal", Duration::from_secs(20), || {
+        ask(&[b"SENTINEL", b"get-master-addr-by-name", b"db0"]) == Value::Array(addr_of(trio.pair.mirror()))
+    });
+    let second = run(&script);
+    assert_eq!(second, format!("127.0.0.1 {}", trio.pair.mirror().addr.port()));
+    assert_eq!(
+        trio.pair.mirror().client().command(&[b"GET", b"through-sentinel"]).unwrap().as_bytes(),
+        Some(&b"yes"[..])
+    );
 }

@@ -3,5 +3,6 @@
 //! exposed. `state` is the sans-IO rules, `report` the frames, `server` the process.
 
 pub mod report;
+pub mod sentinel;
 pub mod server;
 pub mod state;

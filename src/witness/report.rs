@@ -3,7 +3,7 @@
 //! ```text
 //! REPORT  header: db id, role sequence (epoch), lsn_from = lsn_to = report number
 //!         body:   role u8 (1 principal, 2 mirror), synchronized u8, exposed u8, wants_failover u8,
-//!                 own endpoint: len u16 + UTF-8, partner endpoint: len u16 + UTF-8
+//!                 own endpoint, partner endpoint, client (RESP) address: each len u16 + UTF-8
 //! ANSWER  header: lsn_to = the report number answered
 //!         body:   exposure_recorded u8, granted role sequence u64 (0: none), role sequence u64
 //! ```
@@ -17,6 +17,8 @@ pub struct ReportBody {
     pub report: Report,
     pub own_endpoint: String,
     pub partner_endpoint: String,
+    /// Where clients reach the reporting server (RESP): what Sentinel clients are told.
+    pub client_addr: String,
 }
 
 const ENDPOINT_LEN_MAX: usize = 256;
@@ -32,7 +34,7 @@ pub fn encode_report(body: &ReportBody) -> Vec<u8> {
         r.exposed as u8,
         r.wants_failover as u8,
     ];
-    for s in [&body.own_endpoint, &body.partner_endpoint] {
+    for s in [&body.own_endpoint, &body.partner_endpoint, &body.client_addr] {
         let bytes = &s.as_bytes()[..s.len().min(ENDPOINT_LEN_MAX)];
         out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
         out.extend_from_slice(bytes);
@@ -73,10 +75,11 @@ pub fn decode_report(role_sequence: u64, bytes: &[u8]) -> Result<ReportBody, Str
     };
     let own_endpoint = text()?;
     let partner_endpoint = text()?;
+    let client_addr = text()?;
     if !rest.is_empty() {
         return Err("trailing bytes after a report".into());
     }
-    Ok(ReportBody { report, own_endpoint, partner_endpoint })
+    Ok(ReportBody { report, own_endpoint, partner_endpoint, client_addr })
 }
 
 pub fn encode_answer(answer: &Answer) -> Vec<u8> {
@@ -114,6 +117,7 @@ mod tests {
             },
             own_endpoint: "127.0.0.1:5023".into(),
             partner_endpoint: "127.0.0.1:5022".into(),
+            client_addr: "127.0.0.1:6380".into(),
         };
         assert_eq!(decode_report(4, &encode_report(&body)), Ok(body));
         let answer = Answer { exposure_recorded: true, granted: Some(5), role_sequence: 5 };

@@ -26,24 +26,35 @@ pub struct WitnessConfig {
     pub key: Arc<Vec<u8>>,
     /// Must match the partners' (a grant waits this long after the principal was last heard).
     pub partner_timeout: Duration,
+    /// Where Redis Sentinel's discovery commands are answered (none: not at all).
+    pub sentinel: Option<SocketAddr>,
 }
 
 struct Shared {
-    witness: Mutex<Witness>,
+    witness: Arc<Mutex<Witness>>,
     file: PathBuf,
     config: WitnessConfig,
 }
 
 /// Runs the witness until `stop`; `on_ready` gets the bound address.
-pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+pub fn run(
+    config: WitnessConfig,
+    stop: Arc<AtomicBool>,
+    on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
+) -> Result<()> {
     std::fs::create_dir_all(&config.data).context(|| format!("create {}", config.data.display()))?;
     let file = config.data.join("witness.state");
     let witness = Witness::restore(load(&file)?);
     let listener = TcpListener::bind(config.endpoint).context(|| format!("bind {}", config.endpoint))?;
     listener.set_nonblocking(true).context(|| "listener non-blocking".into())?;
     let addr = listener.local_addr().context(|| "local address".into())?;
-    let shared = Arc::new(Shared { witness: Mutex::new(witness), file, config });
-    on_ready(addr);
+    let witness = Arc::new(Mutex::new(witness));
+    let sentinel = match config.sentinel {
+        Some(at) => Some(crate::witness::sentinel::start(at, witness.clone(), stop.clone())?),
+        None => None,
+    };
+    let shared = Arc::new(Shared { witness, file, config });
+    on_ready(addr, sentinel);
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
@@ -136,6 +147,7 @@ fn serve(mut stream: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::resu
                 Instant::now(),
                 shared.config.partner_timeout,
             );
+            witness.note_client_addr(&key, body.report.role, body.report.role_sequence, &body.client_addr);
             if changed {
                 // Durable before the answer leaves: a grant or an exposure must survive a crash.
                 let all: Vec<_> = witness.grants().map(|(k, g)| (k.clone(), g.clone())).collect();

@@ -79,6 +79,19 @@ pub struct Grants {
 struct Session {
     durable: Grants,
     principal_heard: Option<Instant>,
+    /// Client (RESP) addresses last reported: the principal's (with its role sequence) and the
+    /// mirror's — what the Sentinel answers tell clients.
+    principal_client: Option<(u64, String)>,
+    mirror_client: Option<(u64, String)>,
+}
+
+/// A session as Sentinel clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelView {
+    pub db_id: u64,
+    pub role_sequence: u64,
+    pub principal: Option<String>,
+    pub mirror: Option<String>,
 }
 
 /// The witness's state: every session it serves.
@@ -90,8 +103,52 @@ pub struct Witness {
 impl Witness {
     /// A witness restarted with what it persisted.
     pub fn restore(durable: impl IntoIterator<Item = (SessionKey, Grants)>) -> Self {
-        let sessions = durable.into_iter().map(|(k, g)| (k, Session { durable: g, principal_heard: None })).collect();
+        let sessions = durable.into_iter().map(|(k, g)| (k, Session { durable: g, ..Default::default() })).collect();
         Self { sessions }
+    }
+
+    /// Notes where a partner serves clients (`role_sequence` orders what is newest).
+    pub fn note_client_addr(&mut self, key: &SessionKey, role: ReportRole, role_sequence: u64, addr: &str) {
+        let session = self.sessions.entry(key.clone()).or_default();
+        let slot = match role {
+            ReportRole::Principal => &mut session.principal_client,
+            ReportRole::Mirror => &mut session.mirror_client,
+        };
+        if slot.as_ref().is_none_or(|(rs, _)| *rs <= role_sequence) {
+            *slot = Some((role_sequence, addr.to_string()));
+        }
+        // A mirror that was granted the next role sequence serves clients now.
+        if role == ReportRole::Mirror && session.durable.granted.iter().any(|(rs, _)| *rs > role_sequence) {
+            session.principal_client = Some((role_sequence + 1, addr.to_string()));
+        }
+    }
+
+    /// Every session, for Sentinel's discovery commands; per database the newest session.
+    pub fn sentinel_views(&self) -> Vec<SentinelView> {
+        let mut views: Vec<SentinelView> = Vec::new();
+        for (key, s) in &self.sessions {
+            let rs = s.durable.role_sequence.max(s.principal_client.as_ref().map(|(r, _)| *r).unwrap_or(0));
+            let view = SentinelView {
+                db_id: key.db_id,
+                role_sequence: rs,
+                principal: s.principal_client.as_ref().map(|(_, a)| a.clone()),
+                mirror: s
+                    .mirror_client
+                    .as_ref()
+                    .map(|(_, a)| a.clone())
+                    .filter(|m| Some(m) != s.principal_client.as_ref().map(|(_, a)| a)),
+            };
+            if view.principal.is_none() {
+                continue;
+            }
+            match views.iter_mut().find(|v| v.db_id == view.db_id) {
+                Some(v) if v.role_sequence < view.role_sequence => *v = view,
+                Some(_) => {}
+                None => views.push(view),
+            }
+        }
+        views.sort_by_key(|v| v.db_id);
+        views
     }
 
     pub fn grants(&self) -> impl Iterator<Item = (&SessionKey, &Grants)> {

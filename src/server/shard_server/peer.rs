@@ -558,6 +558,7 @@ impl ServerShard {
             report,
             own_endpoint: own,
             partner_endpoint: partner,
+            client_addr: std::net::SocketAddr::new(self.config.listen.ip(), self.tcp_port).to_string(),
         });
         let bytes = frame::encode_frame(
             conn.version(),
