@@ -30,6 +30,14 @@ enum Command {
     Bench(BenchCommand),
     /// Administers a server's database mirroring (the same MIRROR commands redis-cli can send).
     Ctl(CtlArgs),
+    /// The deterministic simulator of a mirroring session (two partners, a witness, faults):
+    /// `--seeds N` runs seeds 1..=N, `--seed S` replays one.
+    Sim {
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Runs a witness: it holds no data, watches both partners of each session it serves and
     /// grants automatic failovers (one per role sequence, persisted in --data).
     Witness {
@@ -373,6 +381,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::io::stdout().flush().ok();
             })?;
             eprintln!("mirrorlog: witness stopped");
+        }
+        Command::Sim { seeds, seed } => {
+            let range = match seed {
+                Some(s) => s..=s,
+                None => 1..=seeds,
+            };
+            let started = std::time::Instant::now();
+            // Seeds are independent: one thread per core, each taking every n-th seed.
+            let threads = mirrorlog::io::shard::available_cores().max(1) as u64;
+            let seeds: Vec<u64> = range.collect();
+            let outcomes: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let mine: Vec<u64> = seeds.iter().copied().filter(|s| s % threads == t).collect();
+                        scope.spawn(move || {
+                            mine.into_iter().map(|s| mirrorlog::testing::sim::run(s, None)).collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().expect("a simulation thread panicked")).collect()
+            });
+            let (mut passed, mut failed, mut commits, mut failovers) = (0u64, 0u64, 0u64, 0u64);
+            for outcome in &outcomes {
+                commits += outcome.commits_acknowledged;
+                failovers += outcome.failovers;
+                if outcome.violations.is_empty() {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                    let s = outcome.seed;
+                    println!("seed {s} FAILED (replay: mirrorlog sim --seed {s}):");
+                    for v in &outcome.violations {
+                        println!("  {v}");
+                    }
+                }
+            }
+            println!(
+                "mirrorlog sim: {:.1} s, {commits} commits acknowledged, {failovers} automatic failovers",
+                started.elapsed().as_secs_f64()
+            );
+            println!("sim: {passed} passed, {failed} failed");
+            if failed > 0 {
+                std::process::exit(1);
+            }
         }
         Command::Ctl(args) => {
             use mirrorlog::ctl::CtlRequest;

@@ -2,5 +2,6 @@
 //! Never on the data path.
 
 pub mod fault_proxy;
+pub mod sim;
 
 pub use fault_proxy::{Direction, Fault, FaultProxy};

@@ -44,7 +44,7 @@ pub fn run(
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data).context(|| format!("create {}", config.data.display()))?;
     let file = config.data.join("witness.state");
-    let witness = Witness::restore(load(&file)?);
+    let witness = Witness::restore(load(&file)?, Instant::now());
     let listener = TcpListener::bind(config.endpoint).context(|| format!("bind {}", config.endpoint))?;
     listener.set_nonblocking(true).context(|| "listener non-blocking".into())?;
     let addr = listener.local_addr().context(|| "local address".into())?;

@@ -101,9 +101,14 @@ pub struct Witness {
 }
 
 impl Witness {
-    /// A witness restarted with what it persisted.
-    pub fn restore(durable: impl IntoIterator<Item = (SessionKey, Grants)>) -> Self {
-        let sessions = durable.into_iter().map(|(k, g)| (k, Session { durable: g, ..Default::default() })).collect();
+    /// A witness restarted at `now` with what it persisted. It counts every principal as heard
+    /// at the restart: a principal may still hold a lease from before it, so no failover is
+    /// granted until a full partner timeout has passed.
+    pub fn restore(durable: impl IntoIterator<Item = (SessionKey, Grants)>, now: Instant) -> Self {
+        let sessions = durable
+            .into_iter()
+            .map(|(k, g)| (k, Session { durable: g, principal_heard: Some(now), ..Default::default() }))
+            .collect();
         Self { sessions }
     }
 
@@ -280,7 +285,7 @@ mod tests {
         let t0 = Instant::now();
         w.on_report(&key(), "m", &mirror(1, true), t0, T);
         let saved: Vec<_> = w.grants().map(|(k, g)| (k.clone(), g.clone())).collect();
-        let mut w = Witness::restore(saved);
+        let mut w = Witness::restore(saved, t0);
         let (a, _) = w.on_report(&key(), "other", &mirror(1, true), t0, T);
         assert_eq!(a.granted, None, "role sequence 2 went to m before the restart");
     }

@@ -242,6 +242,10 @@ pub(super) struct WitnessLink {
     sent: VecDeque<(u64, Instant)>,
     lease_until: Option<Instant>,
     exposure_recorded: bool,
+    /// The first report of the current exposure (reports since it said exposed): only an answer
+    /// to one of those records *this* exposure; an older answer may describe an exposure the
+    /// witness has since cleared.
+    exposed_since_report: Option<u64>,
     role_sequence_seen: u64,
 }
 
@@ -256,6 +260,7 @@ impl WitnessLink {
             sent: VecDeque::new(),
             lease_until: None,
             exposure_recorded: false,
+            exposed_since_report: None,
             role_sequence_seen: 0,
         }
     }
@@ -550,6 +555,12 @@ impl ServerShard {
         }
         let number = w.next_report;
         w.next_report += 1;
+        if report.exposed {
+            w.exposed_since_report.get_or_insert(number);
+        } else {
+            w.exposed_since_report = None;
+            w.exposure_recorded = false;
+        }
         w.sent.push_back((number, now));
         while w.sent.len() > 64 {
             w.sent.pop_front();
@@ -596,7 +607,8 @@ impl ServerShard {
             // timeout: it ends before the witness could grant a failover.
             w.lease_until = Some(sent + timeout / 2);
         }
-        w.exposure_recorded = answer.exposure_recorded;
+        w.exposure_recorded =
+            answer.exposure_recorded && w.exposed_since_report.is_some_and(|first| header.lsn_to.0 >= first);
         w.role_sequence_seen = answer.role_sequence;
         let was_exposed_waiting = matches!(&self.links[db], Some(Link::Principal(l)) if l.session.is_exposed());
         if was_exposed_waiting && answer.exposure_recorded {
