@@ -305,10 +305,11 @@ impl Sim {
                 }
                 let key = SessionKey::new(1, "a", "b");
                 let names = ["a", "b"];
-                let (answer, _) = self.witness.on_report(
+                let (answer, _) = self.witness.on_numbered_report(
                     &key,
                     names[from],
                     &report,
+                    number,
                     self.at(self.now),
                     Duration::from_millis(TIMEOUT_MS),
                 );

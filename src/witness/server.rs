@@ -140,10 +140,11 @@ fn serve(mut stream: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::resu
         let key = SessionKey::new(header.db_id.0, &body.own_endpoint, &body.partner_endpoint);
         let answer = {
             let mut witness = shared.witness.lock().map_err(|_| "witness state poisoned".to_string())?;
-            let (answer, changed) = witness.on_report(
+            let (answer, changed) = witness.on_numbered_report(
                 &key,
                 &body.own_endpoint,
                 &body.report,
+                header.lsn_to.0,
                 Instant::now(),
                 shared.config.partner_timeout,
             );
@@ -180,7 +181,7 @@ fn store(path: &Path, sessions: &[(SessionKey, Grants)]) -> Result<()> {
             k.endpoints.0,
             k.endpoints.1,
             g.role_sequence,
-            g.exposed_at.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            g.exposed_at.map(|e| format!("{e}@{}", g.exposed_report)).unwrap_or_else(|| "-".into()),
             if granted.is_empty() { "-".to_string() } else { granted.join(",") }
         ));
     }
@@ -230,11 +231,12 @@ fn load(path: &Path) -> Result<Vec<(SessionKey, Grants)>> {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        let grants = Grants {
-            role_sequence: num(f[4])?,
-            exposed_at: if f[5] == "-" { None } else { Some(num(f[5])?) },
-            granted,
+        let (exposed_at, exposed_report) = match f[5].split_once('@') {
+            Some((rs, n)) => (Some(num(rs)?), num(n)?),
+            None if f[5] == "-" => (None, 0),
+            None => (Some(num(f[5])?), 0),
         };
+        let grants = Grants { role_sequence: num(f[4])?, exposed_at, exposed_report, granted };
         out.push((SessionKey::new(num(f[1])?, f[2], f[3]), grants));
     }
     Ok(out)
@@ -250,7 +252,12 @@ mod tests {
         let path = dir.path().join("witness.state");
         let sessions = vec![(
             SessionKey::new(1, "127.0.0.1:5022", "127.0.0.1:5023"),
-            Grants { role_sequence: 3, exposed_at: Some(2), granted: vec![(3, "127.0.0.1:5023".into())] },
+            Grants {
+                role_sequence: 3,
+                exposed_at: Some(2),
+                exposed_report: 77,
+                granted: vec![(3, "127.0.0.1:5023".into())],
+            },
         )];
         store(&path, &sessions).unwrap();
         assert_eq!(load(&path).unwrap(), sessions);

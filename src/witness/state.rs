@@ -71,6 +71,9 @@ pub struct Grants {
     pub role_sequence: u64,
     /// The principal of this role sequence ran exposed.
     pub exposed_at: Option<u64>,
+    /// The number of the report that recorded it: only a *later* report clears it (reports can
+    /// arrive out of order, on an old connection, say).
+    pub exposed_report: u64,
     /// Role sequences granted, with whom (the mirror's endpoint).
     pub granted: Vec<(u64, String)>,
 }
@@ -98,6 +101,8 @@ pub struct SentinelView {
 #[derive(Debug, Default)]
 pub struct Witness {
     sessions: HashMap<SessionKey, Session>,
+    /// Numbers for reports given without one (tests).
+    next_number: u64,
 }
 
 impl Witness {
@@ -109,7 +114,7 @@ impl Witness {
             .into_iter()
             .map(|(k, g)| (k, Session { durable: g, principal_heard: Some(now), ..Default::default() }))
             .collect();
-        Self { sessions }
+        Self { sessions, next_number: 0 }
     }
 
     /// Notes where a partner serves clients (`role_sequence` orders what is newest).
@@ -170,6 +175,22 @@ impl Witness {
         now: Instant,
         partner_timeout: Duration,
     ) -> (Answer, bool) {
+        self.next_number += 1;
+        let number = self.next_number;
+        self.on_numbered_report(key, from, report, number, now, partner_timeout)
+    }
+
+    /// `on_report` for a report numbered by its sender (numbers grow across the sender's
+    /// restarts: they order its reports however they arrive).
+    pub fn on_numbered_report(
+        &mut self,
+        key: &SessionKey,
+        from: &str,
+        report: &Report,
+        number: u64,
+        now: Instant,
+        partner_timeout: Duration,
+    ) -> (Answer, bool) {
         let session = self.sessions.entry(key.clone()).or_default();
         let before = session.durable.clone();
         let d = &mut session.durable;
@@ -179,7 +200,9 @@ impl Witness {
                 session.principal_heard = Some(now);
                 if report.exposed {
                     d.exposed_at = Some(report.role_sequence);
-                } else if report.synchronized && d.exposed_at == Some(report.role_sequence) {
+                    d.exposed_report = d.exposed_report.max(number);
+                } else if report.synchronized && d.exposed_at == Some(report.role_sequence) && number > d.exposed_report
+                {
                     // The mirror caught up: it holds every acknowledged commit again.
                     d.exposed_at = None;
                 }

@@ -553,8 +553,13 @@ impl ServerShard {
         if own.is_empty() || partner.is_empty() {
             return; // the session cannot be named yet (the partner's endpoint is not known)
         }
-        let number = w.next_report;
-        w.next_report += 1;
+        // Numbers grow across this server's restarts too: the witness orders reports by them.
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let number = w.next_report.max(clock);
+        w.next_report = number + 1;
         if report.exposed {
             w.exposed_since_report.get_or_insert(number);
         } else {
