@@ -72,6 +72,22 @@ pub fn parse_partner(text: &str) -> Result<std::net::SocketAddr> {
 }
 
 impl MirroringSettings {
+    /// Settings of a session in `role` at `role_sequence`, not suspended, fenced or rejoined.
+    pub fn new(role: Role, partner: String, safety: SafetyLevel, role_sequence: u64, witness: Option<String>) -> Self {
+        Self {
+            role,
+            partner,
+            safety,
+            suspended: None,
+            role_sequence,
+            fenced_by: None,
+            witness,
+            partner_endpoint: None,
+            role_start_lsn: None,
+            discarded: None,
+        }
+    }
+
     fn encode(&self) -> String {
         let mut text = format!(
             "version {FORMAT_VERSION}\nrole {}\npartner {}\nsafety {}\nrole_sequence {}\n",

@@ -306,32 +306,22 @@ impl ServerShard {
                         )));
                     }
                 }
-                settings = Some(MirroringSettings {
-                    role: Role::Mirror,
-                    partner: m.partner.clone().unwrap_or_default(),
-                    safety: m.safety,
-                    suspended: None,
-                    role_sequence: database.log.epoch().0,
-                    fenced_by: None,
-                    witness: m_witness.clone(),
-                    partner_endpoint: None,
-                    role_start_lsn: None,
-                    discarded: None,
-                });
+                settings = Some(MirroringSettings::new(
+                    Role::Mirror,
+                    m.partner.clone().unwrap_or_default(),
+                    m.safety,
+                    database.log.epoch().0,
+                    m_witness.clone(),
+                ));
                 settings.as_ref().expect("set").store(&dir)?;
             } else if let (None, Some(partner), false) = (&settings, &m.partner, database.is_restoring()) {
-                settings = Some(MirroringSettings {
-                    role: Role::Principal,
-                    partner: partner.clone(),
-                    safety: m.safety,
-                    suspended: None,
-                    role_sequence: database.log.epoch().0,
-                    fenced_by: None,
-                    witness: m_witness.clone(),
-                    partner_endpoint: None,
-                    role_start_lsn: None,
-                    discarded: None,
-                });
+                settings = Some(MirroringSettings::new(
+                    Role::Principal,
+                    partner.clone(),
+                    m.safety,
+                    database.log.epoch().0,
+                    m_witness.clone(),
+                ));
                 settings.as_ref().expect("set").store(&dir)?;
             } else if let (Some(s), Some(partner)) = (settings.as_mut(), &m.partner) {
                 // Flags given at start-up win over the persisted partner and safety; a
@@ -2127,18 +2117,13 @@ impl ServerShard {
         if database.is_restoring() {
             return Ok(Reply::error("ERR a RESTORING database without mirroring settings cannot be set up here"));
         }
-        let settings = MirroringSettings {
-            role: Role::Principal,
+        let settings = MirroringSettings::new(
+            Role::Principal,
             partner,
-            safety: self.config.mirroring.safety,
-            suspended: None,
-            role_sequence: database.log.epoch().0,
-            fenced_by: None,
-            witness: self.config.mirroring.witness.clone(),
-            partner_endpoint: None,
-            role_start_lsn: None,
-            discarded: None,
-        };
+            self.config.mirroring.safety,
+            database.log.epoch().0,
+            self.config.mirroring.witness.clone(),
+        );
         settings.store(&dir)?;
         let link = self.principal_link(db, settings)?;
         self.links[db] = Some(link);
@@ -2427,16 +2412,14 @@ impl ServerShard {
         std::fs::write(dir.join(&file), &cut).map_err(|e| Error::io(format!("write {file}"), e))?;
         let discarded = format!("{at} to {end}, {transactions} transaction(s), in {}", dir.join(&file).display());
         let settings = MirroringSettings {
-            role: Role::Mirror,
-            partner: old.settings.partner.clone(),
-            safety: old.settings.safety,
-            suspended: None,
-            role_sequence: by.0,
-            fenced_by: None,
-            witness: old.settings.witness.clone(),
-            partner_endpoint: None,
-            role_start_lsn: None,
             discarded: (end > at).then_some(discarded.clone()),
+            ..MirroringSettings::new(
+                Role::Mirror,
+                old.settings.partner.clone(),
+                old.settings.safety,
+                by.0,
+                old.settings.witness.clone(),
+            )
         };
         settings.store(&dir)?;
         let database = crate::store::database::Database::open(config, ring, token(super::KIND_LOG, db as u64))?;
@@ -2534,18 +2517,13 @@ impl ServerShard {
             self.close_peer(id, "failover: this database is the mirror now");
         }
         let database = self.dbs[db].as_mut().expect("owned");
-        let settings = MirroringSettings {
-            role: Role::Mirror,
-            partner: old.settings.partner.clone(),
-            safety: old.settings.safety,
-            suspended: None,
-            role_sequence: epoch.0,
-            fenced_by: None,
-            witness: old.settings.witness.clone(),
-            partner_endpoint: None,
-            role_start_lsn: None,
-            discarded: None,
-        };
+        let settings = MirroringSettings::new(
+            Role::Mirror,
+            old.settings.partner.clone(),
+            old.settings.safety,
+            epoch.0,
+            old.settings.witness.clone(),
+        );
         let dir = database.dir().to_path_buf();
         settings.store(&dir)?;
         database.log.set_epoch(epoch);
@@ -2597,17 +2575,15 @@ impl ServerShard {
         let dir = database.dir().to_path_buf();
         let partner = partner.filter(|p| settings::parse_partner(p).is_ok());
         let settings = partner.map(|partner| MirroringSettings {
-            role: Role::Principal,
-            partner,
-            safety: old.settings.safety,
-            suspended: None,
-            role_sequence: epoch.0,
-            fenced_by: None,
-            witness: old.settings.witness.clone(),
-            partner_endpoint: None,
             // The failover LSN: a former principal that rejoins cuts its log back to here.
             role_start_lsn: Some(database.log.lsn_hardened().0),
-            discarded: None,
+            ..MirroringSettings::new(
+                Role::Principal,
+                partner,
+                old.settings.safety,
+                epoch.0,
+                old.settings.witness.clone(),
+            )
         });
         match &settings {
             Some(s) => s.store(&dir)?,
