@@ -37,6 +37,8 @@ pub enum Error {
     LogCorrupt { lsn: Lsn, detail: String },
     #[error("the log failed and refuses further work (a failed write or flush is fatal: the kernel may have dropped the data): {0}")]
     LogFailed(String),
+    #[error("the data file failed and the database refuses further work (a failed page write or fdatasync is fatal: the kernel may have dropped the data): {0}")]
+    DataFailed(String),
     #[error("log record body of {size} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge { size: usize, max: usize },
     #[error("{0}")]

@@ -217,7 +217,12 @@ fn check_acked(server: &ServerProcess, acked: &Acked) {
 
 #[test]
 fn full_safety_random_workload_leaves_identical_copies() {
-    let pair = Pair::start(&["--safety", "full", "--segment-size", "1MiB"], &["--segment-size", "1MiB"]);
+    // Frequent checkpoints: the principal's incremental checkpoints and their CHECKPOINT records
+    // (redo LSNs behind what the mirror has already redone) run all through the workload.
+    let pair = Pair::start(
+        &["--safety", "full", "--segment-size", "1MiB", "--checkpoint-interval", "0.2"],
+        &["--segment-size", "1MiB"],
+    );
     pair.wait_state(0, "SYNCHRONIZED");
     pair.wait_state(1, "SYNCHRONIZED");
     let mut c = pair.principal().client();
@@ -291,6 +296,11 @@ fn full_safety_random_workload_leaves_identical_copies() {
     assert_eq!(m["role"], "mirror");
     assert_eq!(m["database_state"], "RESTORING");
     assert_eq!(m["frames_rejected"], "0");
+    assert_eq!(m["redo_failure"], "");
+    // The mirror checkpointed where the principal's CHECKPOINT records said.
+    wait_for("a mirror checkpoint", Duration::from_secs(10), || {
+        status(pair.mirror(), 0)["checkpoint_lsn"].parse::<u64>().unwrap() > 0
+    });
     pair.stop_and_compare();
 }
 

@@ -288,8 +288,8 @@ fn a_corrupt_page_is_reported_never_served() {
     drop(server);
 }
 
-/// Under a sustained write load, checkpoints still run (new commands pause while the log
-/// drains) and release old log segments, so the log does not grow without bound.
+/// Under a sustained write load, checkpoints still run (incrementally, while commands go on) and
+/// release old log segments, so the log does not grow without bound.
 #[test]
 fn checkpoints_run_under_sustained_load_and_release_the_log() {
     let dir = scratch();

@@ -314,7 +314,7 @@ fn transaction(
 ) -> Outcome {
     if database.is_failed() {
         return now_reply(err(
-            "ERR the database's log failed (a write or flush error is fatal); it accepts no commands until restarted",
+            "ERR the database failed (a write or flush error of its log or data file is fatal); it accepts no commands until restarted",
         ));
     }
     if database.commit_in_progress() {

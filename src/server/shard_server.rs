@@ -41,8 +41,8 @@ pub fn token(kind: u64, id: u64) -> Token {
     (kind << KIND_SHIFT) | (id & ID_MASK)
 }
 
-/// Tokens of database `db`'s checkpoint page writes (they complete inside the checkpoint; the
-/// low 32 bits carry the frame).
+/// Tokens of database `db`'s checkpoint page writes and data file syncs (the low 32 bits carry
+/// the frame, or `DATA_SYNC_FRAME`).
 fn checkpoint_token(db: usize) -> Token {
     token(KIND_CHECKPOINT, (db as u64) << 32)
 }
@@ -620,6 +620,27 @@ impl ServerShard {
         Ok(())
     }
 
+    /// A page write or data file sync of database `db`'s checkpoint completed.
+    fn on_checkpoint(&mut self, ring: &mut Ring, db: usize, c: Completion) -> Result<()> {
+        let Some(database) = self.dbs.get_mut(db).and_then(|d| d.as_mut()) else { return Ok(()) };
+        if let Err(e) = database.on_checkpoint_completion(c) {
+            eprintln!("mirrorlog: database {db}: checkpoint failed: {e}; the database accepts no more commands");
+            self.fail_waiting_replies(ring, db)?;
+        }
+        Ok(())
+    }
+
+    /// Database `db` failed: every reply still waiting on it becomes an error (as when its log
+    /// fails), so no client waits forever.
+    fn fail_waiting_replies(&mut self, ring: &mut Ring, db: usize) -> Result<()> {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.fail_replies(id, db);
+            self.flush(ring, id)?;
+        }
+        Ok(())
+    }
+
     /// Appends what remains of database `db`'s pending transaction, whoever started it: a
     /// connection (which gets its reply), the expired-key sweep, or a client that disconnected
     /// meanwhile (the transaction still completes, so the database never stays paused).
@@ -769,18 +790,11 @@ impl ShardWork for ServerShard {
     }
 
     fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool> {
-        let mut resumed = false;
-        for (i, db) in self.dbs.iter_mut().enumerate() {
-            if let Some(db) = db {
-                resumed |= db.try_checkpoint(ring, checkpoint_token(i))?;
-            }
-        }
-        if resumed {
-            // Commands held back for the checkpoint run now.
-            let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| !c.input.is_empty()).map(|(id, _)| *id).collect();
-            for id in ids {
-                self.process(id);
-                self.flush(ring, id)?;
+        for i in 0..self.dbs.len() {
+            let Some(db) = self.dbs[i].as_mut().filter(|d| !d.is_failed()) else { continue };
+            if let Err(e) = db.checkpoint_step(ring, checkpoint_token(i)) {
+                eprintln!("mirrorlog: database {i}: checkpoint failed: {e}; the database accepts no more commands");
+                self.fail_waiting_replies(ring, i)?;
             }
         }
         for db in self.dbs.iter_mut().flatten() {
@@ -819,6 +833,7 @@ impl ShardWork for ServerShard {
             KIND_SEND => self.on_send(ring, id, c),
             KIND_LOG => self.on_log(ring, id as usize, c),
             KIND_TIMER => self.on_timer(ring),
+            KIND_CHECKPOINT => self.on_checkpoint(ring, (id >> 32) as usize, c),
             peer::KIND_PEER_ACCEPT..=peer::KIND_PEER_SEND => self.peer_complete(ring, c),
             KIND_MSG_SENT => {
                 if c.result < 0 {

@@ -9,8 +9,14 @@
 //! WAL before data: a dirty page is written out only once the log is hardened to its flush
 //! barrier — the end of the commit record of the last transaction that changed it. Pages of the
 //! transaction in progress are never evicted.
+//!
+//! Checkpoints are incremental (fuzzy): `begin_checkpoint` marks the pages dirty at that moment,
+//! and `submit_checkpoint_writes` writes them through the ring a few at a time while commands go
+//! on changing pages. A page is written from a copy, so later changes never race the write; a
+//! page with a write in flight is never evicted or written by any other path, so two writes of
+//! one page can never land out of order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{Error, Result};
@@ -47,6 +53,9 @@ type PageMap = HashMap<PageId, usize, BuildHasherDefault<PageIdHasher>>;
 const PAGE_WRITES_IN_FLIGHT: usize = 64;
 /// The low bits of a page write's token carry its frame index.
 pub const PAGE_WRITE_FRAME_MASK: u64 = (1 << 32) - 1;
+/// Low bits of a checkpoint token that mark the data file's fdatasync, not a page write (no
+/// frame has this index).
+pub const DATA_SYNC_FRAME: u64 = PAGE_WRITE_FRAME_MASK;
 
 struct Frame {
     id: PageId,
@@ -56,6 +65,27 @@ struct Frame {
     barrier: Lsn,
     referenced: bool,
     in_tx: bool,
+    /// Dirty when the checkpoint in progress began: it writes this page.
+    checkpoint: bool,
+    /// A write of this page is in flight (from a copy whose page LSN is `write_lsn`).
+    writing: bool,
+    write_lsn: Lsn,
+}
+
+impl Frame {
+    fn new(id: PageId, buf: AlignedBuf) -> Self {
+        Self {
+            id,
+            buf,
+            dirty: false,
+            barrier: Lsn::ZERO,
+            referenced: true,
+            in_tx: false,
+            checkpoint: false,
+            writing: false,
+            write_lsn: Lsn::ZERO,
+        }
+    }
 }
 
 struct Touched {
@@ -91,6 +121,10 @@ pub struct BufferPool {
     lsn_hardened: Lsn,
     /// Pages whose LSN is at or below this take a full image at their next change.
     checkpoint_lsn: Lsn,
+    /// Frames the checkpoint in progress has still to write, by flush barrier.
+    checkpoint_queue: VecDeque<usize>,
+    /// Page writes in flight through the ring.
+    writes_in_flight: usize,
     pub stats: PoolStats,
 }
 
@@ -107,6 +141,8 @@ impl BufferPool {
             in_tx: false,
             lsn_hardened: Lsn::ZERO,
             checkpoint_lsn: Lsn::ZERO,
+            checkpoint_queue: VecDeque::new(),
+            writes_in_flight: 0,
             stats: PoolStats::default(),
         }
     }
@@ -196,7 +232,7 @@ impl BufferPool {
     fn install(&mut self, id: PageId, buf: Option<AlignedBuf>) -> Result<usize> {
         let frame = if self.frames.len() < self.capacity { None } else { Some(self.evict()?) };
         let buf = buf.unwrap_or_else(|| AlignedBuf::zeroed(PAGE_SIZE));
-        let new = Frame { id, buf, dirty: false, barrier: Lsn::ZERO, referenced: true, in_tx: false };
+        let new = Frame::new(id, buf);
         let index = match frame {
             Some(i) => {
                 self.frames[i] = new;
@@ -220,7 +256,7 @@ impl BufferPool {
             let i = self.hand;
             self.hand = (self.hand + 1) % n;
             let f = &mut self.frames[i];
-            if f.in_tx {
+            if f.in_tx || f.writing {
                 continue;
             }
             if f.referenced {
@@ -305,8 +341,10 @@ impl BufferPool {
     }
 
     /// Writes every dirty page whose barrier the log has reached (a checkpoint's work); returns
-    /// how many are still dirty because the log has not reached them.
+    /// how many are still dirty because the log has not reached them. Only with no ring write in
+    /// flight (one could land after this write and put an older page back).
     pub fn write_dirty(&mut self) -> Result<usize> {
+        assert_eq!(self.writes_in_flight, 0, "a synchronous page write would race a ring write of the same page");
         let mut left = 0;
         for f in &mut self.frames {
             if !f.dirty || f.in_tx {
@@ -319,15 +357,20 @@ impl BufferPool {
             self.data.write_page(&mut f.buf)?;
             self.stats.page_writes += 1;
             f.dirty = false;
+            f.checkpoint = false;
         }
+        self.checkpoint_queue.clear();
         Ok(left)
     }
 
     /// `write_dirty` through `ring`, up to `PAGE_WRITES_IN_FLIGHT` writes at a time instead of one
-    /// synchronous write after another. Completions of other operations that arrive meanwhile
-    /// are stashed in the ring for the shard loop.
+    /// synchronous write after another, blocking until they are done (start-up, a stop, a role
+    /// change). Writes of an incremental checkpoint still in flight are waited for first.
+    /// Completions of other operations that arrive meanwhile are stashed in the ring for the
+    /// shard loop.
     pub fn write_dirty_through(&mut self, ring: &mut Ring, token: Token) -> Result<usize> {
         assert_eq!(token & PAGE_WRITE_FRAME_MASK, 0, "the low bits of a page write token carry the frame");
+        let mut failure = self.wait_for_page_writes(ring, token, 0).err();
         let mut queue: Vec<usize> = Vec::new();
         let mut left = 0;
         for (i, f) in self.frames.iter().enumerate() {
@@ -340,47 +383,148 @@ impl BufferPool {
             }
             queue.push(i);
         }
-        let fd = self.data.raw_fd();
-        let mut in_flight = 0usize;
         let mut next = 0usize;
-        let mut failure: Option<Error> = None;
-        let mut completions = Vec::new();
-        while next < queue.len() || in_flight > 0 {
-            while failure.is_none() && next < queue.len() && in_flight < PAGE_WRITES_IN_FLIGHT {
-                let frame = queue[next];
-                let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
-                buf.copy_from_slice(&self.frames[frame].buf[..PAGE_SIZE]);
-                let offset = self.data.prepare_write(&mut buf)?;
-                ring.write_at(fd, buf, PAGE_SIZE, offset, 0, token | frame as u64)?;
-                in_flight += 1;
+        while failure.is_none() && next < queue.len() {
+            while next < queue.len() && self.writes_in_flight < PAGE_WRITES_IN_FLIGHT {
+                self.submit_page_write(ring, token, queue[next])?;
                 next += 1;
             }
-            if failure.is_some() && in_flight == 0 {
-                break;
+            if let Err(e) = self.wait_for_page_writes(ring, token, PAGE_WRITES_IN_FLIGHT - 1) {
+                failure.get_or_insert(e);
             }
-            ring.wait_ignoring_stash(1)?;
-            completions.clear();
-            ring.reap(&mut completions);
-            for c in completions.drain(..) {
-                if c.token & !PAGE_WRITE_FRAME_MASK != token {
-                    ring.stash(c);
-                    continue;
-                }
-                in_flight -= 1;
-                let frame = (c.token & PAGE_WRITE_FRAME_MASK) as usize;
-                if c.result == PAGE_SIZE as i32 {
-                    self.frames[frame].dirty = false;
-                    self.stats.page_writes += 1;
-                } else {
-                    let e = std::io::Error::from_raw_os_error(-c.result.min(-1));
-                    failure.get_or_insert(Error::io(format!("write {} of the data file", self.frames[frame].id), e));
-                }
-            }
+        }
+        if let Err(e) = self.wait_for_page_writes(ring, token, 0) {
+            failure.get_or_insert(e);
+        }
+        self.checkpoint_queue.clear();
+        for f in &mut self.frames {
+            f.checkpoint = false;
         }
         match failure {
             Some(e) => Err(e),
             None => Ok(left),
         }
+    }
+
+    /// Blocks on `ring` until at most `in_flight_max` page writes of `token` are in flight.
+    fn wait_for_page_writes(&mut self, ring: &mut Ring, token: Token, in_flight_max: usize) -> Result<()> {
+        let mut failure = None;
+        let mut completions = Vec::new();
+        while self.writes_in_flight > in_flight_max {
+            ring.wait_ignoring_stash(1)?;
+            ring.reap(&mut completions);
+            for c in completions.drain(..) {
+                let frame = c.token & PAGE_WRITE_FRAME_MASK;
+                if c.token & !PAGE_WRITE_FRAME_MASK != token || frame == DATA_SYNC_FRAME {
+                    ring.stash(c);
+                    continue;
+                }
+                if let Err(e) = self.complete_page_write(frame as usize, c.result) {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Writes a copy of `frame`'s page through `ring` (its completion goes to
+    /// `complete_page_write`).
+    fn submit_page_write(&mut self, ring: &mut Ring, token: Token, frame: usize) -> Result<()> {
+        let f = &mut self.frames[frame];
+        debug_assert!(!f.writing && !f.in_tx && f.barrier <= self.lsn_hardened);
+        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+        buf.copy_from_slice(&f.buf[..PAGE_SIZE]);
+        let offset = self.data.prepare_write(&mut buf)?;
+        ring.write_at(self.data.raw_fd(), buf, PAGE_SIZE, offset, 0, token | frame as u64)?;
+        f.writing = true;
+        f.write_lsn = page::page_lsn(&f.buf[..PAGE_SIZE]);
+        self.writes_in_flight += 1;
+        Ok(())
+    }
+
+    /// A page write of `frame` completed with `result`. The page is clean unless a transaction
+    /// changed it after the copy was taken (its page LSN moved on). A failed write is an error
+    /// the caller treats as fatal for the database.
+    pub fn complete_page_write(&mut self, frame: usize, result: i32) -> Result<()> {
+        let f = &mut self.frames[frame];
+        assert!(f.writing, "a page write completed for frame {frame}, which has none in flight");
+        f.writing = false;
+        self.writes_in_flight -= 1;
+        if result != PAGE_SIZE as i32 {
+            let e = if result < 0 {
+                std::io::Error::from_raw_os_error(-result)
+            } else {
+                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write of {result} bytes"))
+            };
+            return Err(Error::DataFailed(format!("write of {} failed: {e}", f.id)));
+        }
+        self.stats.page_writes += 1;
+        f.checkpoint = false;
+        // A transaction in progress that changed the page has not stamped its LSN yet: the page
+        // counts as clean now, and `finish_commit` makes it dirty again (its image differs from
+        // the one the transaction began with, which is what was written), or `abort` puts back
+        // exactly what was written.
+        if page::page_lsn(&f.buf[..PAGE_SIZE]) == f.write_lsn {
+            f.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Begins an incremental checkpoint at `redo_lsn` (between transactions): every page dirty
+    /// now is to be written (`submit_checkpoint_writes`), and from now on the first change of any
+    /// page logs a full image (torn-page protection for writes after this checkpoint).
+    pub fn begin_checkpoint(&mut self, redo_lsn: Lsn) {
+        assert!(!self.in_tx, "a checkpoint begins between transactions");
+        self.checkpoint_lsn = redo_lsn;
+        let mut queue: Vec<usize> = Vec::new();
+        for (i, f) in self.frames.iter_mut().enumerate() {
+            f.checkpoint = f.dirty;
+            if f.dirty {
+                queue.push(i);
+            }
+        }
+        queue.sort_by_key(|&i| self.frames[i].barrier);
+        self.checkpoint_queue = queue.into();
+    }
+
+    /// Submits writes of the checkpoint's pages, up to `PAGE_WRITES_IN_FLIGHT` in flight, in
+    /// flush barrier order; a page whose barrier the log (or, in SAFETY FULL, the mirror) has not
+    /// reached waits, and so does a page a transaction is changing.
+    pub fn submit_checkpoint_writes(&mut self, ring: &mut Ring, token: Token) -> Result<()> {
+        let mut busy: Vec<usize> = Vec::new();
+        while self.writes_in_flight < PAGE_WRITES_IN_FLIGHT {
+            let Some(frame) = self.checkpoint_queue.pop_front() else { break };
+            let f = &self.frames[frame];
+            if !f.checkpoint {
+                continue; // written meanwhile (evicted)
+            }
+            if f.barrier > self.lsn_hardened {
+                self.checkpoint_queue.push_front(frame); // and so are the ones after it (mostly)
+                break;
+            }
+            if f.writing || f.in_tx {
+                busy.push(frame);
+                continue;
+            }
+            self.submit_page_write(ring, token, frame)?;
+        }
+        self.checkpoint_queue.extend(busy);
+        Ok(())
+    }
+
+    /// Whether every page of the checkpoint in progress is written.
+    pub fn checkpoint_writes_done(&self) -> bool {
+        self.writes_in_flight == 0 && self.checkpoint_queue.iter().all(|&i| !self.frames[i].checkpoint)
+    }
+
+    /// Page writes in flight through the ring.
+    pub fn page_writes_in_flight(&self) -> usize {
+        self.writes_in_flight
+    }
+
+    /// Pages the checkpoint in progress has still to write.
+    pub fn checkpoint_pages_left(&self) -> usize {
+        self.checkpoint_queue.iter().filter(|&&i| self.frames[i].checkpoint).count()
     }
 
     /// The lowest page LSN among dirty pages: redo after a crash must start at or before it.

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::ring::{Ring, Token};
 use crate::store::btree;
-use crate::store::buffer_pool::{BufferPool, PageChange};
+use crate::store::buffer_pool::{BufferPool, PageChange, DATA_SYNC_FRAME, PAGE_WRITE_FRAME_MASK};
 use crate::store::control::ControlFile;
 use crate::store::data_file::DataFile;
 use crate::store::page::{self, PageId, PAGE_SIZE};
@@ -61,6 +61,16 @@ struct PendingCommit {
     piecewise: bool,
 }
 
+/// Where the incremental checkpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckpointPhase {
+    Idle,
+    /// Writing the pages that were dirty at the redo LSN.
+    Writing(Lsn),
+    /// Every page written; the data file's fdatasync is in flight.
+    Syncing(Lsn),
+}
+
 /// The outcome of `commit` or `continue_commit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitProgress {
@@ -79,9 +89,15 @@ pub struct Database {
     pending: Option<PendingCommit>,
     /// End of the last commit record appended.
     last_commit: Lsn,
-    /// A checkpoint waits for the log to drain: no new command starts until it has run.
+    /// A checkpoint is due: it begins at the next transaction boundary.
     checkpoint_requested: bool,
-    /// Redo LSN of the last checkpoint.
+    checkpoint_phase: CheckpointPhase,
+    /// A completed checkpoint whose CHECKPOINT record is still to be logged (at the next
+    /// transaction boundary).
+    checkpoint_record_due: Option<Lsn>,
+    /// A page write, fdatasync or control file write failed: fatal for the database.
+    data_failure: Option<String>,
+    /// Redo LSN of the last completed checkpoint.
     checkpoint_lsn: Lsn,
     pub checkpoints: u64,
     pub redo_report: RedoReport,
@@ -122,6 +138,9 @@ impl Database {
             pending: None,
             last_commit: Lsn::ZERO,
             checkpoint_requested: false,
+            checkpoint_phase: CheckpointPhase::Idle,
+            checkpoint_record_due: None,
+            data_failure: None,
             checkpoint_lsn: redo_from,
             checkpoints: 0,
             redo_report,
@@ -211,17 +230,17 @@ impl Database {
         self.pending.is_some()
     }
 
-    /// Whether new commands must wait: a transaction is being appended, or a checkpoint waits
-    /// for the log to drain.
+    /// Whether new commands must wait: a transaction is being appended, or a manual failover
+    /// drains the log. (A checkpoint never pauses commands: it is incremental.)
     pub fn paused(&self) -> bool {
-        self.pending.is_some() || self.checkpoint_requested || self.failover_pending
+        self.pending.is_some() || self.failover_pending
     }
 
     /// A principal hands its role over (manual failover): with its log fully hardened, its
     /// pages are checkpointed and its cache dropped; from now on it is a mirror copy
     /// (RESTORING) whose pages belong to a redo pipeline.
-    pub fn become_restoring(&mut self) -> Result<()> {
-        if !self.checkpoint_now()? {
+    pub fn become_restoring(&mut self, ring: &mut Ring, token: Token) -> Result<()> {
+        if !self.checkpoint_through(ring, token)? {
             return Err(Error::Mirroring("the log is not drained: cannot hand the role over".into()));
         }
         self.restoring = true;
@@ -257,28 +276,109 @@ impl Database {
         self.checkpoint_lsn
     }
 
-    /// Asks for a checkpoint. Under a steady write load the log is never fully hardened between
-    /// batches, so new commands pause (`paused`) until the log drains — one or two flushes — and
-    /// `try_checkpoint` runs it.
+    /// Asks for a checkpoint: `checkpoint_step` begins it at the next transaction boundary.
     pub fn request_checkpoint(&mut self) {
         self.checkpoint_requested = true;
     }
 
-    /// Runs a requested checkpoint if the log has drained. Returns true if it ran.
-    pub fn try_checkpoint(&mut self, ring: &mut Ring, token: Token) -> Result<bool> {
-        if !self.checkpoint_requested {
-            return Ok(false);
+    /// Whether an incremental checkpoint is in progress.
+    pub fn checkpoint_in_progress(&self) -> bool {
+        self.checkpoint_phase != CheckpointPhase::Idle
+    }
+
+    /// Pages the checkpoint in progress has still to write.
+    pub fn checkpoint_pages_left(&self) -> usize {
+        self.pool.checkpoint_pages_left()
+    }
+
+    /// Moves the incremental checkpoint on (the shard calls it before each sleep; `token` marks
+    /// this database's page writes and syncs and leaves its low 32 bits free):
+    /// - a requested checkpoint begins at a transaction boundary: its redo LSN is the log's end,
+    ///   and the pages dirty then are the ones it writes (new commands go on meanwhile);
+    /// - up to `PAGE_WRITES_IN_FLIGHT` of them are written at a time through the ring, each once
+    ///   the log (and, in SAFETY FULL, the mirror) has hardened its last change;
+    /// - once all are written, the data file is fdatasynced through the ring, and
+    ///   `on_checkpoint_completion` records the redo LSN and releases older log.
+    ///
+    /// Torn-page protection holds throughout: until the checkpoint is recorded, redo after a
+    /// crash starts at the previous one, after which every page's first change logged a full
+    /// image; from its redo LSN on, the first change of every page logs one again.
+    pub fn checkpoint_step(&mut self, ring: &mut Ring, token: Token) -> Result<()> {
+        if self.restoring || self.is_failed() {
+            return Ok(());
         }
-        let ran = self.checkpoint_through(ring, token)?;
-        if ran {
+        let between_transactions = self.pending.is_none() && !self.pool.in_tx();
+        if between_transactions {
+            self.log_checkpoint_record()?;
+        }
+        if self.checkpoint_phase == CheckpointPhase::Idle && self.checkpoint_requested && between_transactions {
+            let redo_lsn = self.log.lsn_appended();
+            self.pool.begin_checkpoint(redo_lsn);
             self.checkpoint_requested = false;
-            if self.log_checkpoint_records {
-                // At the checkpoint's redo LSN: the log was fully hardened and nothing appended since.
-                let redo_lsn = self.checkpoint_lsn;
-                self.log.append(redo::CHECKPOINT, &redo_lsn.0.to_le_bytes()).map_err(Error::from)?;
+            self.checkpoint_phase = CheckpointPhase::Writing(redo_lsn);
+        }
+        if let CheckpointPhase::Writing(redo_lsn) = self.checkpoint_phase {
+            let submitted = self.pool.submit_checkpoint_writes(ring, token);
+            self.fail_data_if(submitted)?;
+            if self.pool.checkpoint_writes_done() {
+                let fd = self.pool.data_file().raw_fd();
+                ring.fsync(fd, true, token | DATA_SYNC_FRAME)?;
+                self.checkpoint_phase = CheckpointPhase::Syncing(redo_lsn);
             }
         }
-        Ok(ran)
+        Ok(())
+    }
+
+    /// A completion of a `checkpoint_step` operation. A failed page write or fdatasync is fatal
+    /// for the database (the kernel may have dropped the pages).
+    pub fn on_checkpoint_completion(&mut self, completion: crate::io::ring::Completion) -> Result<()> {
+        let frame = completion.token & PAGE_WRITE_FRAME_MASK;
+        if frame != DATA_SYNC_FRAME {
+            let written = self.pool.complete_page_write(frame as usize, completion.result);
+            return self.fail_data_if(written);
+        }
+        if completion.result < 0 {
+            let e = std::io::Error::from_raw_os_error(-completion.result);
+            return self.fail_data_if(Err(Error::DataFailed(format!("fdatasync of the data file failed: {e}"))));
+        }
+        let CheckpointPhase::Syncing(redo_lsn) = self.checkpoint_phase else {
+            return Ok(()); // a checkpoint a synchronous one replaced
+        };
+        let recorded = self.control.write(redo_lsn);
+        self.fail_data_if(recorded)?;
+        self.log.set_retention_lsn(redo_lsn);
+        self.checkpoint_lsn = redo_lsn;
+        self.checkpoints += 1;
+        self.checkpoint_phase = CheckpointPhase::Idle;
+        if self.log_checkpoint_records {
+            self.checkpoint_record_due = Some(redo_lsn);
+        }
+        Ok(())
+    }
+
+    /// Logs the CHECKPOINT record of the last completed checkpoint, if one is due (a principal's
+    /// mirror checkpoints where it finds it). Between transactions only; if the log buffer is
+    /// full it stays due.
+    fn log_checkpoint_record(&mut self) -> Result<()> {
+        let Some(redo_lsn) = self.checkpoint_record_due else { return Ok(()) };
+        match self.log.append(redo::CHECKPOINT, &redo_lsn.0.to_le_bytes()) {
+            Ok(_) => {
+                self.checkpoint_record_due = None;
+                Ok(())
+            }
+            Err(AppendError::Full) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keeps the first data file failure: from then on the database refuses commands.
+    fn fail_data_if<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            if self.data_failure.is_none() {
+                self.data_failure = Some(e.to_string());
+            }
+        }
+        result
     }
 
     pub fn begin(&mut self) {
@@ -358,7 +458,12 @@ impl Database {
 
     /// Whether the database's log failed (fatal: every command gets an error).
     pub fn is_failed(&self) -> bool {
-        self.log.is_failed()
+        self.log.is_failed() || self.data_failure.is_some()
+    }
+
+    /// Why the database failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.data_failure.clone().or_else(|| self.log.is_failed().then(|| "the log failed".to_string()))
     }
 
     /// Commits and waits on `ring` until the commit is hardened (start-up, tests, tools; the
@@ -431,17 +536,27 @@ impl Database {
         if self.pending.is_some() || self.pool.in_tx() || self.page_write_limit() < self.log.lsn_appended() {
             return Ok(false);
         }
+        if ring.is_none() && self.pool.page_writes_in_flight() > 0 {
+            return Ok(false); // only the ring can wait for them
+        }
         let redo_lsn = self.log.lsn_appended();
         // From now on the first change of any page logs a full image (torn-page protection).
         self.pool.set_checkpoint_lsn(redo_lsn);
         self.pool.set_hardened(self.page_write_limit());
-        let left = match ring {
-            Some((ring, token)) => self.pool.write_dirty_through(ring, token)?,
-            None => self.pool.write_dirty()?,
+        // An incremental checkpoint in progress is replaced by this one (which writes every
+        // dirty page); its writes in flight are waited for first.
+        self.checkpoint_phase = CheckpointPhase::Idle;
+        self.checkpoint_requested = false;
+        let written = match ring {
+            Some((ring, token)) => self.pool.write_dirty_through(ring, token),
+            None => self.pool.write_dirty(),
         };
+        let left = self.fail_data_if(written)?;
         debug_assert_eq!(left, 0, "the log is fully hardened");
-        self.pool.data_file().sync()?;
-        self.control.write(redo_lsn)?;
+        let synced = self.pool.data_file().sync();
+        self.fail_data_if(synced)?;
+        let recorded = self.control.write(redo_lsn);
+        self.fail_data_if(recorded)?;
         self.log.set_retention_lsn(redo_lsn);
         self.checkpoint_lsn = redo_lsn;
         self.checkpoints += 1;

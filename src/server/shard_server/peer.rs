@@ -2511,7 +2511,7 @@ impl ServerShard {
 
     /// The old principal's side of a failover (or an in-doubt one): role sequence `epoch`
     /// persisted first, then the database becomes a mirror copy waiting for the new principal.
-    fn become_mirror(&mut self, _ring: &mut Ring, db: usize, epoch: Epoch) -> Result<()> {
+    fn become_mirror(&mut self, ring: &mut Ring, db: usize, epoch: Epoch) -> Result<()> {
         let Some(Link::Principal(old)) = self.links[db].take() else { return Ok(()) };
         if let Some(id) = old.conn {
             self.close_peer(id, "failover: this database is the mirror now");
@@ -2529,7 +2529,7 @@ impl ServerShard {
         database.log.set_epoch(epoch);
         database.log.set_shipping(false);
         database.log.set_retention_hold(None);
-        database.become_restoring()?;
+        database.become_restoring(ring, super::checkpoint_token(db))?;
         let link = self.mirror_link(db, settings)?;
         self.links[db] = Some(link);
         eprintln!("mirrorlog: database {db}: now the MIRROR (RESTORING) at role sequence {}", epoch.0);
