@@ -333,3 +333,51 @@ fn an_incremental_checkpoint_runs_while_commands_go_on() {
         assert_eq!(get(&mut db, k).as_ref(), Some(v), "after the crash: {}", String::from_utf8_lossy(k));
     }
 }
+
+/// A failed page write of a checkpoint (EIO, injected through the store's own layer) is fatal for
+/// the database: it reports the failure and never records the checkpoint; reopening recovers
+/// every committed value from the log.
+#[test]
+fn a_failed_checkpoint_page_write_is_fatal_and_loses_nothing() {
+    const CHECKPOINT_TOKEN: u64 = 1 << 56;
+    let dir = scratch();
+    let mut ring = Ring::new(256).unwrap();
+    let mut db = open(dir.path(), &mut ring, 4096);
+    for i in 0..2000 {
+        put(&mut db, &mut ring, &key(i), &value(i, 120));
+    }
+    let recorded = db.checkpoint_lsn();
+    db.pool().fail_page_write_number = Some(5);
+    db.request_checkpoint();
+    let mut failure = None;
+    let mut completions = Vec::new();
+    while failure.is_none() {
+        db.checkpoint_step(&mut ring, CHECKPOINT_TOKEN).unwrap();
+        assert!(db.checkpoint_in_progress());
+        ring.submit_and_wait(1).unwrap();
+        ring.reap(&mut completions);
+        for c in completions.drain(..) {
+            if let Err(e) = db.on_checkpoint_completion(c) {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let failure = failure.unwrap();
+    assert!(matches!(failure, Error::DataFailed(_)), "{failure}");
+    assert!(db.is_failed());
+    assert!(db.failure().unwrap().contains("Input/output error"), "{:?}", db.failure());
+    assert_eq!(db.checkpoint_lsn(), recorded, "the checkpoint is not recorded");
+    // Later steps do nothing (no more writes, no sync).
+    db.checkpoint_step(&mut ring, CHECKPOINT_TOKEN).unwrap();
+    while ring.in_flight() > 0 {
+        ring.submit_and_wait(1).unwrap();
+        ring.reap(&mut completions);
+        completions.clear();
+    }
+    drop(db);
+    let mut db = open(dir.path(), &mut ring, 4096);
+    assert!(!db.is_failed());
+    for i in 0..2000 {
+        assert_eq!(get(&mut db, &key(i)), Some(value(i, 120)));
+    }
+}

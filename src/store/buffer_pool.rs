@@ -125,6 +125,10 @@ pub struct BufferPool {
     checkpoint_queue: VecDeque<usize>,
     /// Page writes in flight through the ring.
     writes_in_flight: usize,
+    /// Disk fault injection (tests): the ring page write with this 1-based number completes with
+    /// EIO instead.
+    pub fail_page_write_number: Option<u64>,
+    ring_page_writes: u64,
     pub stats: PoolStats,
 }
 
@@ -143,6 +147,8 @@ impl BufferPool {
             checkpoint_lsn: Lsn::ZERO,
             checkpoint_queue: VecDeque::new(),
             writes_in_flight: 0,
+            fail_page_write_number: None,
+            ring_page_writes: 0,
             stats: PoolStats::default(),
         }
     }
@@ -445,7 +451,11 @@ impl BufferPool {
     /// A page write of `frame` completed with `result`. The page is clean unless a transaction
     /// changed it after the copy was taken (its page LSN moved on). A failed write is an error
     /// the caller treats as fatal for the database.
-    pub fn complete_page_write(&mut self, frame: usize, result: i32) -> Result<()> {
+    pub fn complete_page_write(&mut self, frame: usize, mut result: i32) -> Result<()> {
+        self.ring_page_writes += 1;
+        if self.fail_page_write_number == Some(self.ring_page_writes) {
+            result = -libc::EIO;
+        }
         let f = &mut self.frames[frame];
         assert!(f.writing, "a page write completed for frame {frame}, which has none in flight");
         f.writing = false;
