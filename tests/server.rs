@@ -422,6 +422,78 @@ fn a_full_cache_makes_a_command_wait_not_fail() {
 
 /// Databases live on different shard threads; SELECT hands the connection over, with whatever
 /// pipelined input follows it.
+/// SELECT inside MULTI, as Redis allows: it moves the transaction's later commands and the
+/// connection after EXEC to another database, across shards too; a transaction that would change
+/// two databases (two logs) is refused whole, and nothing of it runs.
+#[test]
+fn select_inside_multi_moves_the_transaction_to_its_one_database() {
+    let dir = scratch();
+    let server = ServerProcess::start(dir.path(), &["--shards", "2", "--databases", "4", "--cache-size", "128MiB"]);
+    let mut c = server.client();
+    let replies = c
+        .pipeline(&[
+            vec![b"MULTI"],
+            vec![b"PING"],
+            vec![b"SELECT", b"1"],
+            vec![b"SET", b"a", b"1"],
+            vec![b"INCR", b"n"],
+            vec![b"SELECT", b"99"],
+            vec![b"GET", b"a"],
+            vec![b"EXEC"],
+            vec![b"GET", b"a"],
+        ])
+        .unwrap();
+    let Value::Array(items) = &replies[7] else { panic!("EXEC: {:?}", replies[7]) };
+    assert_eq!(items[0], Value::Simple("PONG".into()));
+    assert_eq!(items[1], Value::Simple("OK".into()));
+    assert_eq!(items[2], Value::Simple("OK".into()));
+    assert_eq!(items[3], Value::Integer(1));
+    assert_eq!(items[4], Value::Error("ERR DB index is out of range".into()));
+    assert_eq!(items[5], Value::Bulk(b"1".to_vec()));
+    assert_eq!(replies[8], Value::Bulk(b"1".to_vec()), "the connection stays in database 1 after EXEC");
+    assert_eq!(cli(&server, &["-n", "0", "EXISTS", "a"]), "0");
+    // Writes to two databases: refused whole.
+    let replies = c
+        .pipeline(&[
+            vec![b"MULTI"],
+            vec![b"SET", b"b", b"in-1"],
+            vec![b"SELECT", b"2"],
+            vec![b"SET", b"b", b"in-2"],
+            vec![b"EXEC"],
+            vec![b"GET", b"b"],
+        ])
+        .unwrap();
+    match &replies[4] {
+        Value::Error(e) => assert!(e.starts_with("EXECABORT") && e.contains("databases 1 and 2"), "{e}"),
+        other => panic!("a two-database transaction ran: {other:?}"),
+    }
+    assert_eq!(replies[5], Value::Nil, "nothing ran, and the connection is still in database 1");
+    assert_eq!(cli(&server, &["-n", "2", "EXISTS", "b"]), "0");
+    // redis-py's transactional pipeline with a SELECT inside, to a database of the other shard.
+    let script = r#"
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]), db=0)
+p = r.pipeline(transaction=True)
+p.execute_command("SELECT", 3)
+p.set("py", "three")
+p.incrby("pyn", 5)
+print(p.execute())
+r3 = redis.Redis(port=int(sys.argv[1]), db=3)
+assert r3.get("py") == b"three" and r3.get("pyn") == b"5", (r3.get("py"), r3.get("pyn"))
+# (The pipeline's connection went back to the pool in database 3, as with Redis: a new client.)
+assert redis.Redis(port=int(sys.argv[1]), db=0).get("py") is None
+print("redis-py ok")
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(server.port()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "redis-py failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.stop());
+}
+
 #[test]
 fn databases_on_several_shards() {
     let dir = scratch();

@@ -231,7 +231,7 @@ pub fn execute(
     if let Some(queued) =
         session.multi.as_mut().filter(|_| !matches!(name.as_str(), "EXEC" | "DISCARD" | "MULTI" | "QUIT"))
     {
-        if is_data_command(&name) || matches!(name.as_str(), "PING" | "ECHO") {
+        if is_data_command(&name) || matches!(name.as_str(), "PING" | "ECHO" | "SELECT") {
             queued.push(args.iter().map(|a| a.to_vec()).collect());
             return now_reply(Reply::Simple("QUEUED".into()));
         }
@@ -251,13 +251,12 @@ pub fn execute(
         "QUIT" => Outcome::Close(Reply::ok()),
         "HELLO" => now_reply(hello(args, session, info)),
         "AUTH" => now_reply(auth(&args[1..], session, info)),
-        "SELECT" => now_reply(match parse_i64(args[1]) {
-            Some(i) if i >= 0 && (i as usize) < dbs.len() => {
-                session.db = i as usize;
+        "SELECT" => now_reply(match select_index(args[1], dbs.len()) {
+            Ok(i) => {
+                session.db = i;
                 Reply::ok()
             }
-            Some(_) => err("ERR DB index is out of range"),
-            None => err(NOT_INTEGER),
+            Err(e) => e,
         }),
         "CLIENT" => now_reply(client(args, session)),
         "COMMAND" => now_reply(command(args)),
@@ -282,20 +281,83 @@ pub fn execute(
             if std::mem::take(&mut session.multi_failed) {
                 return now_reply(err("EXECABORT Transaction discarded because of previous errors."));
             }
-            let db = session.db;
+            let plan = match exec_plan(&queued, session.db, dbs.len()) {
+                Ok(plan) => plan,
+                Err(reply) => return now_reply(reply),
+            };
+            // The server moved the connection to the database the transaction changes.
+            debug_assert_eq!(plan.data_db, session.db);
+            let db = plan.data_db;
             let cmds: Vec<Vec<&[u8]>> = queued.iter().map(|c| c.iter().map(|a| a.as_slice()).collect()).collect();
-            let outcome = transaction(owned(dbs, db), db, &cmds, cursors, true);
+            let databases = dbs.len();
+            let outcome = transaction(owned(dbs, db), db, &cmds, cursors, Some(databases));
             if matches!(outcome, Outcome::RetryAfter { .. }) {
                 // EXEC runs again later: keep the queued commands.
                 session.multi = Some(queued);
+            } else {
+                session.db = plan.final_db;
             }
             outcome
         }
         _ => {
             let db = session.db;
-            transaction(owned(dbs, db), db, &[args.to_vec()], cursors, false)
+            transaction(owned(dbs, db), db, &[args.to_vec()], cursors, None)
         }
     }
+}
+
+/// The database `SELECT index` names, or the error Redis gives.
+fn select_index(index: &[u8], databases: usize) -> Result<usize, Reply> {
+    match parse_i64(index) {
+        Some(i) if i >= 0 && (i as usize) < databases => Ok(i as usize),
+        Some(_) => Err(err("ERR DB index is out of range")),
+        None => Err(err(NOT_INTEGER)),
+    }
+}
+
+/// Where a MULTI/EXEC transaction runs: SELECT may be queued inside it (as Redis allows), and it
+/// changes the database of the commands after it and of the connection after EXEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecPlan {
+    /// The one database whose data the transaction's commands touch (the session's database if
+    /// they touch none): the transaction is one commit in its log.
+    pub data_db: usize,
+    /// The database selected after EXEC.
+    pub final_db: usize,
+}
+
+/// Plans EXEC of `queued`, starting in database `db`. Each database has its own log, so a
+/// transaction whose data commands touch two databases could not be one atomic commit: it is
+/// refused (EXECABORT), and nothing of it runs.
+pub fn exec_plan(queued: &[Vec<Vec<u8>>], db: usize, databases: usize) -> Result<ExecPlan, Reply> {
+    let mut current = db;
+    let mut data_db: Option<usize> = None;
+    for cmd in queued {
+        let name = String::from_utf8_lossy(&cmd[0]).to_ascii_uppercase();
+        if name == "SELECT" {
+            if let Ok(i) = select_index(&cmd[1], databases) {
+                current = i;
+            }
+        } else if is_data_command(&name) {
+            match data_db {
+                Some(d) if d != current => {
+                    return Err(err(&format!(
+                        "EXECABORT Transaction discarded: its commands touch databases {d} and {current}; each database has its own log, so one transaction cannot change both"
+                    )));
+                }
+                _ => data_db = Some(current),
+            }
+        }
+    }
+    Ok(ExecPlan { data_db: data_db.unwrap_or(db), final_db: current })
+}
+
+/// The database an EXEC of `session`'s queued transaction runs in, if it differs from the
+/// session's: the server first moves the connection there (to the shard that owns it).
+pub fn exec_database(session: &Session, databases: usize) -> Option<usize> {
+    let queued = session.multi.as_ref().filter(|_| !session.multi_failed)?;
+    let plan = exec_plan(queued, session.db, databases).ok()?;
+    (plan.data_db != session.db).then_some(plan.data_db)
 }
 
 /// The session's database; the server hands a connection to the database's shard before it runs
@@ -304,13 +366,15 @@ fn owned(dbs: &mut [Option<Database>], db: usize) -> &mut Database {
     dbs[db].as_mut().expect("commands run on the shard that owns their database")
 }
 
-/// Runs data commands as one transaction and commits it.
+/// Runs data commands as one transaction and commits it. `exec` is set for EXEC (with the
+/// number of databases): the replies form an array, and queued SELECTs (`exec_plan` placed the
+/// transaction in its one database) answer in place.
 fn transaction(
     database: &mut Database,
     db: usize,
     cmds: &[Vec<&[u8]>],
     cursors: &mut Cursors,
-    as_array: bool,
+    exec: Option<usize>,
 ) -> Outcome {
     if database.is_failed() {
         return now_reply(err(
@@ -324,6 +388,10 @@ fn transaction(
     let mut replies = Vec::with_capacity(cmds.len());
     let mut barrier = Lsn::ZERO;
     for args in cmds {
+        if let Some(databases) = exec.filter(|_| args[0].eq_ignore_ascii_case(b"SELECT")) {
+            replies.push(select_index(args[1], databases).map_or_else(|e| e, |_| Reply::ok()));
+            continue;
+        }
         match data_command(database, db, args, cursors, &mut barrier) {
             Ok(reply) => replies.push(reply),
             Err(Error::CacheFull { needs_hardened: Some(lsn) }) => {
@@ -340,7 +408,7 @@ fn transaction(
             }
         }
     }
-    let reply = if as_array { Reply::Array(replies) } else { replies.pop().unwrap_or(Reply::Null) };
+    let reply = if exec.is_some() { Reply::Array(replies) } else { replies.pop().unwrap_or(Reply::Null) };
     match database.commit() {
         Ok(CommitProgress::Appended(lsn)) => Outcome::Reply { reply, db, wait: lsn.max(barrier) },
         Ok(CommitProgress::WaitingForSpace) => Outcome::WaitingForSpace { reply, db },

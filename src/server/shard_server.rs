@@ -486,6 +486,15 @@ impl ServerShard {
                 queue_now(conn, reply);
                 continue;
             }
+            if args[0].eq_ignore_ascii_case(b"EXEC") {
+                if let Some(db) = commands::exec_database(&conn.session, self.dbs.len()) {
+                    // A transaction that SELECTed another database runs there: the connection
+                    // switches to it (moving to its shard if need be) and EXEC runs again.
+                    conn.session.db = db;
+                    used = start;
+                    continue;
+                }
+            }
             if let Some(why) =
                 self.refuses_clients(conn.session.db).filter(|_| !commands::is_connection_command(args[0]))
             {
