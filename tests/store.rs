@@ -381,3 +381,247 @@ fn a_failed_checkpoint_page_write_is_fatal_and_loses_nothing() {
         assert_eq!(get(&mut db, &key(i)), Some(value(i, 120)));
     }
 }
+
+/// Runs `op` on each item, `batch` items to a committed transaction.
+fn in_batches<T>(db: &mut Database, ring: &mut Ring, items: &[T], batch: usize, mut op: impl FnMut(&mut Database, &T)) {
+    for chunk in items.chunks(batch) {
+        db.begin();
+        for item in chunk {
+            op(db, item);
+        }
+        db.commit_blocking(ring).unwrap();
+    }
+}
+
+/// The tree's shape (the walk checks the structure), with its key count checked against the meta
+/// page and every page below `next_page` accounted for: in the tree, in a live overflow chain or
+/// on the free list, none leaked and none twice.
+fn checked_shape(db: &mut Database) -> btree::TreeShape {
+    let shape = btree::shape(db.pool()).unwrap();
+    let meta = btree::meta(db.pool()).unwrap();
+    assert_eq!(shape.keys, meta.key_count, "{shape:?}");
+    assert_eq!(shape.pages(), meta.next_page, "every page is accounted for once: {shape:?}");
+    shape
+}
+
+/// Checks the database holds exactly `model`: every key reads back, and a scan (in pages, through
+/// `keys_after`'s continuation) walks exactly the model's keys in order.
+fn check_model(db: &mut Database, model: &BTreeMap<Vec<u8>, Vec<u8>>, context: &str) {
+    for (k, v) in model {
+        assert_eq!(get(db, k).as_ref(), Some(v), "{context}: key {:?}", String::from_utf8_lossy(k));
+    }
+    let mut scanned = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let (keys, next) = btree::keys_after(db.pool(), after.as_deref(), 97).unwrap();
+        scanned.extend(keys);
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert!(scanned.iter().eq(model.keys()), "{context}: the scan walks exactly the model's keys");
+    assert_eq!(btree::meta(db.pool()).unwrap().key_count, model.len() as u64, "{context}");
+}
+
+const MANY: u64 = 20_000;
+const VALUE_LEN: usize = 100;
+
+/// Inserts `MANY` keys, deletes all but every hundredth in `order`, and checks the contents, the
+/// tree's shrinking, page reuse, recovery after a crash, and deleting everything.
+fn delete_most_keys(order: &[u64], what: &str) {
+    let dir = scratch();
+    let mut ring = Ring::new(32).unwrap();
+    let mut db = open(dir.path(), &mut ring, 4096);
+    let all: Vec<u64> = (0..MANY).collect();
+    in_batches(&mut db, &mut ring, &all, 500, |db, &i| {
+        btree::put(db.pool(), &key(i), &value(i, VALUE_LEN)).unwrap();
+    });
+    let full = checked_shape(&mut db);
+
+    let doomed: Vec<u64> = order.iter().copied().filter(|i| i % 100 != 0).collect();
+    in_batches(&mut db, &mut ring, &doomed, 500, |db, &i| assert!(btree::delete(db.pool(), &key(i)).unwrap()));
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = (0..MANY).step_by(100).map(|i| (key(i), value(i, VALUE_LEN))).collect();
+    check_model(&mut db, &model, what);
+    for &i in doomed.iter().step_by(7) {
+        assert_eq!(get(&mut db, &key(i)), None, "{what}: deleted key {i}");
+    }
+    let small = checked_shape(&mut db);
+    // What the remaining keys need: their cells and slots, packed full.
+    let cell = 7 + key(0).len() + VALUE_LEN + 2;
+    let needed = (model.len() * cell).div_ceil(mirrorlog::store::node::NODE_AREA) as u64;
+    eprintln!("{what}: {MANY} keys {full:?}; {} keys {small:?}; {needed} leaves needed", model.len());
+    assert_eq!(full.height, 3, "{full:?}");
+    assert!(full.leaves > 500, "{full:?}");
+    assert_eq!((small.height, small.internals), (2, 1), "{what}: one root above the leaves: {small:?}");
+    // A leaf stays in the tree once it is at least a quarter full (`btree::MERGE_BELOW`).
+    assert!(small.leaves <= 4 * needed, "{what}: {} leaves for {needed} leaves' worth of keys", small.leaves);
+    assert!(small.free_pages >= full.leaves + full.internals - small.leaves - small.internals);
+
+    // Freed pages are reused before the file grows.
+    let next_page = btree::meta(db.pool()).unwrap().next_page;
+    let more: Vec<u64> = (MANY..MANY + 5000).collect();
+    in_batches(&mut db, &mut ring, &more, 500, |db, &i| {
+        btree::put(db.pool(), &key(i), &value(i, VALUE_LEN)).unwrap();
+    });
+    model.extend(more.iter().map(|&i| (key(i), value(i, VALUE_LEN))));
+    assert_eq!(btree::meta(db.pool()).unwrap().next_page, next_page, "{what}: freed pages are reused");
+    let refilled = checked_shape(&mut db);
+    assert!(refilled.free_pages < small.free_pages && refilled.leaves > small.leaves, "{refilled:?}");
+
+    // A crash: no checkpoint, the data file holds none of this; redo rebuilds the same tree.
+    drop(db);
+    let mut db = open(dir.path(), &mut ring, 64);
+    check_model(&mut db, &model, &format!("{what}, after redo"));
+    assert_eq!(checked_shape(&mut db), refilled, "{what}: the same tree after redo");
+
+    // Everything deleted: a single empty root leaf.
+    let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+    in_batches(&mut db, &mut ring, &keys, 500, |db, k| assert!(btree::delete(db.pool(), k).unwrap()));
+    let empty = checked_shape(&mut db);
+    let meta = btree::meta(db.pool()).unwrap();
+    assert_eq!((empty.height, empty.leaves, empty.internals, empty.keys), (1, 1, 0, 0), "{what}: {empty:?}");
+    assert_eq!(empty.free_pages, meta.next_page - 2, "{what}: every other page is free");
+    assert_eq!(btree::keys_after(db.pool(), None, 10).unwrap(), (vec![], None));
+}
+
+#[test]
+fn deleting_most_keys_in_random_order_merges_the_tree_down() {
+    let mut order: Vec<u64> = (0..MANY).collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..order.len()).rev() {
+        order.swap(i, (next(&mut state) % (i as u64 + 1)) as usize);
+    }
+    delete_most_keys(&order, "random order");
+}
+
+#[test]
+fn deleting_most_keys_in_ascending_order_merges_the_tree_down() {
+    delete_most_keys(&(0..MANY).collect::<Vec<_>>(), "ascending order");
+}
+
+#[test]
+fn deleting_most_keys_in_descending_order_merges_the_tree_down() {
+    delete_most_keys(&(0..MANY).rev().collect::<Vec<_>>(), "descending order");
+}
+
+/// A key for the model test: keys of 6 to 265 bytes, so internal nodes hold few separators and
+/// the tree grows three levels from a few thousand keys.
+fn model_key(i: u64) -> Vec<u8> {
+    format!("m{i:05}{}", "-".repeat((i % 8 * 37) as usize)).into_bytes()
+}
+
+/// A key to delete: any of `MODEL_KEYS`, or half the time the first present one after a random
+/// point (so deletes mostly hit).
+fn pick_victim(model: &BTreeMap<Vec<u8>, Vec<u8>>, state: &mut u64) -> Vec<u8> {
+    let k = model_key(next(state) % MODEL_KEYS);
+    match next(state) % 2 {
+        0 => model.range(k.clone()..).next().map_or(k, |(present, _)| present.clone()),
+        _ => k,
+    }
+}
+
+const MODEL_KEYS: u64 = 3000;
+
+/// A value for the model test: usually small, sometimes near the inline limit, sometimes large
+/// enough for an overflow chain.
+fn model_value(state: &mut u64) -> Vec<u8> {
+    let len = match next(state) % 25 {
+        0 => 5000 + (next(state) % 15000) as usize,
+        1..=5 => (next(state) % 900) as usize,
+        _ => (next(state) % 150) as usize,
+    };
+    value(next(state), len)
+}
+
+/// Deletes up to `n` keys of `model` from a random point on, in a transaction that is then
+/// aborted: merges happen inside it (the tree shrinks), and the abort restores the tree exactly.
+fn delete_many_then_abort(db: &mut Database, model: &BTreeMap<Vec<u8>, Vec<u8>>, state: &mut u64, n: usize) {
+    let before = checked_shape(db);
+    let meta = btree::meta(db.pool()).unwrap();
+    let from = model_key(next(state) % MODEL_KEYS);
+    let victims: Vec<Vec<u8>> = model.range(from..).take(n).map(|(k, _)| k.clone()).collect();
+    db.begin();
+    for k in &victims {
+        assert!(btree::delete(db.pool(), k).unwrap());
+    }
+    let inside = btree::shape(db.pool()).unwrap();
+    if victims.len() == n {
+        assert!(inside.leaves < before.leaves, "merges happened inside the transaction: {inside:?} {before:?}");
+    }
+    db.abort();
+    assert_eq!(btree::meta(db.pool()).unwrap(), meta);
+    assert_eq!(checked_shape(db), before, "the abort undoes the merges");
+}
+
+/// Random puts and deletes (some values in overflow chains) against a model, through growth and
+/// shrinking, with aborted transactions among them and a crash and recovery between rounds.
+#[test]
+fn merges_match_a_model_with_overflow_values_and_aborted_transactions() {
+    let dir = scratch();
+    let mut ring = Ring::new(32).unwrap();
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut state = 0x5851_f42d_4c95_7f2du64;
+    let (mut transactions, mut aborted, mut peak) = (0u64, 0u64, btree::TreeShape::default());
+    for round in 0..2 {
+        // Dropped without a checkpoint at the end of each round: the reopen redoes it all.
+        let mut db = open(dir.path(), &mut ring, 256);
+        check_model(&mut db, &model, &format!("round {round}, after reopen"));
+        let mut last = checked_shape(&mut db);
+        // Grow, shrink some, grow, shrink to a few keys.
+        for (phase, put_percent) in [85, 20, 85, 3].into_iter().enumerate() {
+            for t in 0..800 {
+                let abort = next(&mut state) % 8 == 0;
+                let mut pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+                db.begin();
+                for _ in 0..1 + next(&mut state) % 6 {
+                    let put = next(&mut state) % 100 < put_percent;
+                    let k =
+                        if put { model_key(next(&mut state) % MODEL_KEYS) } else { pick_victim(&model, &mut state) };
+                    let existed = pending.get(&k).map_or(model.contains_key(&k), Option::is_some);
+                    if put {
+                        let v = model_value(&mut state);
+                        assert_eq!(btree::put(db.pool(), &k, &v).unwrap(), existed);
+                        pending.insert(k, Some(v));
+                    } else {
+                        assert_eq!(btree::delete(db.pool(), &k).unwrap(), existed);
+                        pending.insert(k, None);
+                    }
+                }
+                if abort {
+                    db.abort();
+                    aborted += 1;
+                } else {
+                    db.commit_blocking(&mut ring).unwrap();
+                    for (k, v) in pending {
+                        match v {
+                            Some(v) => model.insert(k, v),
+                            None => model.remove(&k),
+                        };
+                    }
+                }
+                transactions += 1;
+                if t % 100 == 99 {
+                    let context = format!("round {round} phase {phase} transaction {t}");
+                    check_model(&mut db, &model, &context);
+                    let shape = checked_shape(&mut db);
+                    peak = if shape.leaves > peak.leaves { shape } else { peak };
+                    if model.len() > 300 {
+                        delete_many_then_abort(&mut db, &model, &mut state, 200);
+                    }
+                }
+            }
+            let shape = checked_shape(&mut db);
+            eprintln!("round {round} phase {phase}: {} keys, {shape:?}", model.len());
+            if put_percent < 50 {
+                assert!(shape.leaves < last.leaves, "shrinking merged leaves: {shape:?}, before {last:?}");
+            }
+            if put_percent == 3 {
+                assert!(shape.leaves * 4 < peak.leaves, "to a few: {shape:?}, peak {peak:?}");
+                assert!(shape.height < peak.height, "and the tree got lower: {shape:?}, peak {peak:?}");
+            }
+            last = shape;
+        }
+    }
+    eprintln!("{transactions} transactions, {aborted} aborted; peak {peak:?}");
+}

@@ -3,15 +3,29 @@
 //! Page 0 is the meta page (root, page count, free list, key count). Leaves hold keys and values
 //! (inline, or the first page of an overflow chain for large values) and link to their right
 //! sibling; internal nodes route by separator keys (`node`). Inserts split full nodes bottom-up;
-//! a split root grows the tree by one level. Pages freed by deletes and overwrites (overflow
-//! chains) go to a free list and are reused before the file grows.
+//! a split root grows the tree by one level.
+//!
+//! Deletes (and overwrites with a smaller value) merge, bottom-up along the path the key took: a
+//! node left under-full ([`MERGE_BELOW`]) takes all the cells of its right sibling under the same
+//! parent, or moves into its left sibling if it is the last child (or the right one has no room),
+//! when the two fit in one node. The left node of the pair survives, so the leaves' right-sibling
+//! chain stays intact; internal nodes also take the parent's separator between them. The parent
+//! loses that separator and the right child, and is checked in turn. A root left with a single
+//! child is replaced by it: the tree shrinks by one level. Siblings that do not fit together are
+//! left as they are (no borrowing of cells, which would log more pages per delete for a fuller
+//! tree): the under-full node's siblings are then about three quarters full or more, and it merges
+//! later if it shrinks further. Overflow chains never move; only the leaf cells that point to them
+//! do.
+//!
+//! Pages freed by merges and by deletes and overwrites (overflow chains) go to a free list and are
+//! reused before the file grows.
 //!
 //! Every change happens inside the buffer pool's transaction, so it is logged and undone on abort.
 
 use crate::constants::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::error::{Error, Result};
 use crate::store::buffer_pool::BufferPool;
-use crate::store::node::{self, LeafValue, NodeError, NodeKind, PAGE_SIZE};
+use crate::store::node::{self, LeafValue, NodeError, NodeKind, NODE_AREA, PAGE_SIZE};
 use crate::store::page::{self, PageId, PageType};
 
 pub const META_PAGE: PageId = PageId(0);
@@ -31,6 +45,15 @@ const FREE_NEXT: usize = 40;
 
 /// Deepest tree walked before the structure is declared corrupt (a cycle would loop forever).
 const DEPTH_MAX: usize = 32;
+
+/// A node whose slots and cells take fewer bytes than this after a delete is merged with an
+/// adjacent sibling, if the two fit in one node. A quarter of the node area: a split leaves each
+/// half typically about half full, well above it, so a key inserted and deleted in turn does not
+/// split and merge the same node over and over (a merge needs about a quarter of a node deleted
+/// first); and an under-full node fits with any sibling up to three quarters full, so a tree
+/// emptied by deletes shrinks to near what its keys need. A higher bar would keep nodes fuller at
+/// the cost of more merges (and more pages logged by deletes).
+pub const MERGE_BELOW: usize = NODE_AREA / 4;
 
 fn u64_at(p: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(p[at..at + 8].try_into().expect("8 bytes"))
@@ -147,8 +170,7 @@ fn check_limits(key: &[u8], value_len: usize) -> Result<()> {
     Ok(())
 }
 
-/// The leaf that holds (or would hold) `key`, and the internal nodes above it with the child
-/// index taken in each.
+/// The leaf that holds (or would hold) `key`, and the internal nodes above it, root first.
 fn descend(pool: &mut BufferPool, key: &[u8]) -> Result<(PageId, Vec<PageId>)> {
     let mut id = meta(pool)?.root;
     let mut path = Vec::new();
@@ -287,11 +309,14 @@ pub fn put(pool: &mut BufferPool, key: &[u8], value: &[u8]) -> Result<bool> {
         Some(first) => LeafValue::Overflow { first_page: first.0, len: value.len() as u32 },
     };
     let i = found.unwrap_or_else(|i| i);
-    insert_into_leaf(pool, leaf, path, i, key, leaf_value)?;
+    let split = insert_into_leaf(pool, leaf, &path, i, key, leaf_value)?;
     if found.is_err() {
         let mut m = meta(pool)?;
         m.key_count += 1;
         set_meta(pool, m)?;
+    } else if !split {
+        // A smaller value may leave the leaf under-full.
+        rebalance(pool, leaf, path, key)?;
     }
     Ok(found.is_ok())
 }
@@ -313,29 +338,32 @@ pub fn delete(pool: &mut BufferPool, key: &[u8]) -> Result<bool> {
     if key.len() > KEY_SIZE_MAX {
         return Ok(false);
     }
-    let (leaf, _) = descend(pool, key)?;
+    let (leaf, path) = descend(pool, key)?;
     match node::search(as_page(pool.read(leaf)?), NodeKind::Leaf, key).map_err(|e| node_err(leaf, e))? {
         Ok(i) => {
             remove_at(pool, leaf, i)?;
             let mut m = meta(pool)?;
             m.key_count = m.key_count.saturating_sub(1);
             set_meta(pool, m)?;
+            rebalance(pool, leaf, path, key)?;
             Ok(true)
         }
         Err(_) => Ok(false),
     }
 }
 
+/// Inserts the cell as cell `i` of `leaf`, splitting up `path` as needed. Returns whether the leaf
+/// split.
 fn insert_into_leaf(
     pool: &mut BufferPool,
     leaf: PageId,
-    path: Vec<PageId>,
+    path: &[PageId],
     i: usize,
     key: &[u8],
     value: LeafValue,
-) -> Result<()> {
+) -> Result<bool> {
     match node::leaf_insert(as_page_mut(pool.write(leaf)?), i, key, value) {
-        Ok(()) => return Ok(()),
+        Ok(()) => return Ok(false),
         Err(NodeError::NoSpace) => {}
         Err(e) => return Err(node_err(leaf, e)),
     }
@@ -347,7 +375,8 @@ fn insert_into_leaf(
     let at = node::search(target, NodeKind::Leaf, key).map_err(|e| node_err(target_id, e))?.unwrap_or_else(|i| i);
     node::leaf_insert(target, at, key, value).map_err(|e| node_err(target_id, e))?;
     let right = split.finish(pool)?;
-    insert_into_parent(pool, path, leaf, separator, right)
+    insert_into_parent(pool, path.to_vec(), leaf, separator, right)?;
+    Ok(true)
 }
 
 fn insert_into_parent(
@@ -420,6 +449,151 @@ impl Split {
     }
 }
 
+/// After a delete from `leaf`, reached by `key` through `path`: while the node is under-full, merges
+/// it with a sibling under the same parent and goes on with that parent, which lost a child; then
+/// collapses a root left with one child.
+fn rebalance(pool: &mut BufferPool, leaf: PageId, mut path: Vec<PageId>, key: &[u8]) -> Result<()> {
+    let mut child = leaf;
+    while let Some(parent) = path.pop() {
+        if !under_full(pool, child)? || !merge_with_sibling(pool, parent, child, key)? {
+            return Ok(());
+        }
+        child = parent;
+    }
+    collapse_root(pool)
+}
+
+fn under_full(pool: &mut BufferPool, id: PageId) -> Result<bool> {
+    let used = node::used_bytes(as_page(pool.read(id)?)).map_err(|e| node_err(id, e))?;
+    Ok(used < MERGE_BELOW)
+}
+
+/// The child at `position` of an internal node: 0 is the leftmost child (the link), `i + 1` the
+/// child of cell `i`, right of separator `i`.
+fn child_at(p: &node::Page, position: usize) -> std::result::Result<u64, NodeError> {
+    match position {
+        0 => Ok(node::link(p)),
+        i => node::internal_child_at(p, i - 1),
+    }
+}
+
+/// The position (see `child_at`) of the child `key` descends into.
+fn position_for(p: &node::Page, key: &[u8]) -> std::result::Result<usize, NodeError> {
+    Ok(match node::search(p, NodeKind::Internal, key)? {
+        Ok(i) => i + 1,
+        Err(i) => i,
+    })
+}
+
+/// Merges `child` of `parent` (the one `key` descends into) with its right sibling, or, if it is
+/// the last child or the pair does not fit, into its left sibling. Returns whether it merged.
+fn merge_with_sibling(pool: &mut BufferPool, parent: PageId, child: PageId, key: &[u8]) -> Result<bool> {
+    let p = as_page(pool.read(parent)?);
+    let count = node::cell_count(p).map_err(|e| node_err(parent, e))?;
+    let at = position_for(p, key).map_err(|e| node_err(parent, e))?;
+    if child_at(p, at).map_err(|e| node_err(parent, e))? != child.0 {
+        return Err(corrupt(parent, "the key's path does not lead through this parent"));
+    }
+    // Separator `i` lies between the children at positions `i` and `i + 1`.
+    let with_right = (at < count).then_some(at);
+    for separator in with_right.into_iter().chain(at.checked_sub(1)) {
+        let mut merge = Merge::begin(pool, parent, separator)?;
+        if merge.combine(pool)? {
+            merge.finish(pool)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Two adjacent children of `parent` being merged, those either side of its separator `at`: a
+/// copy of the left node takes the right node's cells (and, between internal nodes, the
+/// separator) off the pool; only a merge that fits is written back.
+struct Merge {
+    parent: PageId,
+    at: usize,
+    left: PageId,
+    right: PageId,
+    separator: Vec<u8>,
+    internal: bool,
+    left_copy: [u8; PAGE_SIZE],
+}
+
+impl Merge {
+    fn begin(pool: &mut BufferPool, parent: PageId, at: usize) -> Result<Self> {
+        let p = as_page(pool.read(parent)?);
+        let left = PageId(child_at(p, at).map_err(|e| node_err(parent, e))?);
+        let right = PageId(node::internal_child_at(p, at).map_err(|e| node_err(parent, e))?);
+        let separator = node::key_at(p, NodeKind::Internal, at).map_err(|e| node_err(parent, e))?.to_vec();
+        if left == right || [left, right].iter().any(|&c| c == META_PAGE || c == parent) {
+            return Err(corrupt(parent, "a child pointer repeats, or points to the meta page or the parent"));
+        }
+        let kind = page::page_type(pool.read(right)?);
+        let left_copy = *as_page(pool.read(left)?);
+        if page::page_type(&left_copy) != kind || !matches!(kind, Some(PageType::Leaf | PageType::Internal)) {
+            return Err(corrupt(parent, "adjacent children are not tree nodes of one kind"));
+        }
+        let internal = kind == Some(PageType::Internal);
+        Ok(Self { parent, at, left, right, separator, internal, left_copy })
+    }
+
+    /// Moves the right node's cells into the copy of the left one; false if they do not fit.
+    fn combine(&mut self, pool: &mut BufferPool) -> Result<bool> {
+        let right = as_page(pool.read(self.right)?);
+        let merged = if self.internal {
+            node::merge_internal(&mut self.left_copy, &self.separator, right)
+        } else {
+            node::merge_leaves(&mut self.left_copy, right)
+        };
+        match merged {
+            Ok(()) => Ok(true),
+            Err(NodeError::NoSpace) => Ok(false),
+            Err(e) => Err(corrupt(self.left, &format!("merging {} into it: {e}", self.right))),
+        }
+    }
+
+    /// Writes the merged node back, removes the separator and the right child from the parent,
+    /// and frees the right page.
+    fn finish(self, pool: &mut BufferPool) -> Result<()> {
+        pool.write(self.left)?.copy_from_slice(&self.left_copy);
+        let parent = as_page_mut(pool.write(self.parent)?);
+        node::internal_remove(parent, self.at).map_err(|e| node_err(self.parent, e))?;
+        free_page(pool, self.right)
+    }
+}
+
+/// Replaces an internal root with no separators left by its only child, and frees it: the tree
+/// shrinks by one level.
+fn collapse_root(pool: &mut BufferPool) -> Result<()> {
+    for _ in 0..DEPTH_MAX {
+        let root = meta(pool)?.root;
+        let p = as_page(pool.read(root)?);
+        if page::page_type(p) != Some(PageType::Internal) || node::cell_count(p).map_err(|e| node_err(root, e))? > 0 {
+            return Ok(());
+        }
+        let child = PageId(node::link(p));
+        if child == META_PAGE || child == root {
+            return Err(corrupt(root, "the root's only child is the meta page or the root itself"));
+        }
+        free_page(pool, root)?;
+        let mut m = meta(pool)?;
+        m.root = child;
+        set_meta(pool, m)?;
+    }
+    Err(corrupt(META_PAGE, "tree deeper than possible (a cycle?)"))
+}
+
+/// Puts a tree page on the free list: marks it free and links it in front. Its old cells stay
+/// behind, never read: `allocate` creates a reused page anew. Logs a few bytes, not the page.
+fn free_page(pool: &mut BufferPool, id: PageId) -> Result<()> {
+    let mut m = meta(pool)?;
+    let p = pool.write(id)?;
+    page::set_page_type(p, PageType::Free);
+    put_u64(p, FREE_NEXT, m.free_head.0);
+    m.free_head = id;
+    set_meta(pool, m)
+}
+
 /// A page of keys and the key to continue after (`None` at the end).
 pub type KeyPage = (Vec<Vec<u8>>, Option<Vec<u8>>);
 
@@ -465,4 +639,139 @@ pub fn clear(pool: &mut BufferPool) -> Result<()> {
     let leaf = pool.create(root, PageType::Leaf)?;
     node::init(as_page_mut(leaf), 0);
     set_meta(pool, Meta { root, next_page: 2, free_head: PageId(0), key_count: 0 })
+}
+
+/// The tree's shape, from a walk of every node and of the free list (see [`shape`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TreeShape {
+    /// Levels of nodes: 1 for a lone root leaf.
+    pub height: usize,
+    pub leaves: u64,
+    pub internals: u64,
+    /// Keys in the leaves.
+    pub keys: u64,
+    /// Pages of the overflow chains the leaves point to (from the values' lengths).
+    pub overflow_pages: u64,
+    /// Pages on the free list: freed tree pages and freed overflow chains.
+    pub free_pages: u64,
+}
+
+impl TreeShape {
+    /// The pages accounted for: the meta page, the nodes, the live overflow pages and the free
+    /// list. When no page leaked, the meta page's `next_page`.
+    pub fn pages(&self) -> u64 {
+        1 + self.leaves + self.internals + self.overflow_pages + self.free_pages
+    }
+}
+
+/// A node to visit and the key range its parent gives it: `low <= key < high`.
+struct Bounded {
+    id: PageId,
+    low: Option<Vec<u8>>,
+    high: Option<Vec<u8>>,
+}
+
+/// Walks every tree node, level by level, and the free list, checking as it goes: every node is
+/// well formed, keys lie within their parent's separators, all leaves are at one depth, and the
+/// leaves' sibling links follow them in key order (`TreeCorrupt` otherwise). Reads every node:
+/// for tests and tools, not for serving requests.
+pub fn shape(pool: &mut BufferPool) -> Result<TreeShape> {
+    let m = meta(pool)?;
+    let mut shape = TreeShape::default();
+    let mut level = vec![Bounded { id: m.root, low: None, high: None }];
+    loop {
+        shape.height += 1;
+        let nodes = shape.leaves + shape.internals + level.len() as u64;
+        if shape.height > DEPTH_MAX || nodes > m.next_page {
+            return Err(corrupt(m.root, "more tree nodes than pages (a cycle?)"));
+        }
+        match page::page_type(pool.read(level[0].id)?) {
+            Some(PageType::Internal) => {
+                shape.internals += level.len() as u64;
+                level = children(pool, &level)?;
+            }
+            Some(PageType::Leaf) => {
+                walk_leaves(pool, &level, &mut shape)?;
+                break;
+            }
+            _ => return Err(corrupt(level[0].id, "tree page is neither leaf nor internal")),
+        }
+    }
+    shape.free_pages = free_list_len(pool, &m)?;
+    Ok(shape)
+}
+
+/// Reads node `b` of `kind` and checks it: well formed, its keys within its bounds. Returns its
+/// keys.
+fn checked_keys(pool: &mut BufferPool, b: &Bounded, kind: PageType) -> Result<Vec<Vec<u8>>> {
+    let p = as_page(pool.read(b.id)?);
+    if page::page_type(p) != Some(kind) {
+        return Err(corrupt(b.id, "tree nodes of one level differ in kind"));
+    }
+    let node_kind = if kind == PageType::Leaf { NodeKind::Leaf } else { NodeKind::Internal };
+    node::validate(p, node_kind).map_err(|e| node_err(b.id, e))?;
+    let n = node::cell_count(p).map_err(|e| node_err(b.id, e))?;
+    let keys =
+        (0..n).map(|i| node::key_at(p, node_kind, i).map(<[u8]>::to_vec)).collect::<std::result::Result<Vec<_>, _>>();
+    let keys = keys.map_err(|e| node_err(b.id, e))?;
+    let below = keys.first().zip(b.low.as_ref()).is_some_and(|(k, low)| k < low);
+    let above = keys.last().zip(b.high.as_ref()).is_some_and(|(k, high)| k >= high);
+    if below || above {
+        return Err(corrupt(b.id, "a key lies outside its parent's separators"));
+    }
+    Ok(keys)
+}
+
+/// The children of one level of internal nodes, in key order, with their bounds.
+fn children(pool: &mut BufferPool, level: &[Bounded]) -> Result<Vec<Bounded>> {
+    let mut out = Vec::new();
+    for b in level {
+        let keys = checked_keys(pool, b, PageType::Internal)?;
+        let p = as_page(pool.read(b.id)?);
+        let mut low = b.low.clone();
+        for position in 0..=keys.len() {
+            let id = PageId(child_at(p, position).map_err(|e| node_err(b.id, e))?);
+            let high = keys.get(position).cloned().or_else(|| b.high.clone());
+            out.push(Bounded { id, low, high: high.clone() });
+            low = high;
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the leaves of the bottom level, their sibling links, and counts their keys and
+/// overflow pages.
+fn walk_leaves(pool: &mut BufferPool, level: &[Bounded], shape: &mut TreeShape) -> Result<()> {
+    for (j, b) in level.iter().enumerate() {
+        let keys = checked_keys(pool, b, PageType::Leaf)?;
+        let p = as_page(pool.read(b.id)?);
+        let next = level.get(j + 1).map_or(0, |n| n.id.0);
+        if node::link(p) != next {
+            return Err(corrupt(b.id, "leaf sibling link does not lead to the next leaf"));
+        }
+        shape.leaves += 1;
+        shape.keys += keys.len() as u64;
+        for i in 0..keys.len() {
+            if let LeafValue::Overflow { len, .. } = node::leaf_value_at(p, i).map_err(|e| node_err(b.id, e))? {
+                shape.overflow_pages += (len as usize).div_ceil(OVERFLOW_CAPACITY) as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn free_list_len(pool: &mut BufferPool, m: &Meta) -> Result<u64> {
+    let (mut id, mut len) = (m.free_head, 0u64);
+    while id.0 != 0 {
+        len += 1;
+        if len > m.next_page {
+            return Err(corrupt(m.free_head, "free list loops"));
+        }
+        let p = pool.read(id)?;
+        if !matches!(page::page_type(p), Some(PageType::Free | PageType::Overflow)) {
+            return Err(corrupt(id, "free list entry is not a free page"));
+        }
+        id = PageId(u64_at(p, FREE_NEXT));
+    }
+    Ok(len)
 }

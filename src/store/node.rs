@@ -27,7 +27,9 @@
 //! most [`MAX_INLINE_CELL`] bytes (larger values live in an overflow chain managed elsewhere). The
 //! largest possible cell, an overflow leaf cell with a longest key, is [`MAX_CELL_SIZE`] bytes; with
 //! its slot that is at most a third of the node area, so every node holds at least 3 cells, and
-//! after a split of a full node either half has room for any one more cell.
+//! after a split of a full node either half has room for any one more cell. The reverse of a
+//! split, a merge of two adjacent nodes ([`merge_leaves`], [`merge_internal`]), succeeds when all
+//! their cells fit in one node.
 //!
 //! Pages come from disk and may be corrupt. Every offset and length read from a page is
 //! bounds-checked, and a bad one gives [`NodeError::Corrupt`], never a panic. Reads check what
@@ -662,6 +664,49 @@ pub fn split_internal(left: &mut Page, right: &mut Page) -> Result<Vec<u8>, Node
     rebuild(left, &bytes[..m])?;
     set_link(right, middle_child);
     Ok(cells[m].key.to_vec())
+}
+
+/// Bytes taken by slots and live cells: what the node would hold after compaction.
+pub fn used_bytes(page: &Page) -> Result<usize, NodeError> {
+    // The header checks guarantee the free space is at most the node area.
+    Ok(NODE_AREA - Header::read(page)?.free_space())
+}
+
+/// Merges two adjacent leaves: appends every cell of `right` (whose keys all sort after `left`'s)
+/// to `left`, which takes `right`'s link. `NoSpace` if the cells do not fit in one node. After a
+/// full check of both nodes; on any error `left` is unchanged.
+pub fn merge_leaves(left: &mut Page, right: &Page) -> Result<(), NodeError> {
+    merge_cells(left, None, right, NodeKind::Leaf)?;
+    set_link(left, link(right));
+    Ok(())
+}
+
+/// Merges two adjacent internal nodes around `separator`, the parent's key between them: `left`
+/// takes the separator (with `right`'s leftmost child) and then every cell of `right`, so it
+/// routes exactly as the two did. `NoSpace` if it does not fit in one node. After a full check of
+/// both nodes; on any error `left` is unchanged.
+pub fn merge_internal(left: &mut Page, separator: &[u8], right: &Page) -> Result<(), NodeError> {
+    check_key(separator)?;
+    let mut buf = [0u8; MAX_CELL_SIZE];
+    let len = encode_internal_cell(&mut buf, separator, link(right));
+    merge_cells(left, Some((separator, &buf[..len])), right, NodeKind::Internal)
+}
+
+/// Rewrites `left` as its cells, then `middle` (a key and its encoded cell), then `right`'s
+/// cells, checking that the keys strictly increase across the seams.
+fn merge_cells(left: &mut Page, middle: Option<(&[u8], &[u8])>, right: &Page, kind: NodeKind) -> Result<(), NodeError> {
+    let src = *left;
+    let (_, low) = checked_cells(&src, kind)?;
+    let (_, high) = checked_cells(right, kind)?;
+    let keys =
+        low.last().map(|c| c.key).into_iter().chain(middle.map(|(key, _)| key)).chain(high.first().map(|c| c.key));
+    let keys: Vec<&[u8]> = keys.collect();
+    if keys.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(NodeError::Corrupt("merged nodes' keys are not in order"));
+    }
+    let bytes: Vec<&[u8]> =
+        low.iter().map(|c| c.bytes).chain(middle.map(|(_, cell)| cell)).chain(high.iter().map(|c| c.bytes)).collect();
+    rebuild(left, &bytes)
 }
 
 #[cfg(test)]
@@ -1412,6 +1457,154 @@ mod tests {
     }
 
     #[test]
+    fn used_bytes_counts_slots_and_live_cells() {
+        let mut page = sample_leaf();
+        assert_eq!(used_bytes(&new_page(0)), Ok(0));
+        let cells: usize = (0..5)
+            .map(|i| leaf_cell_size(key_at(&page, NodeKind::Leaf, i).unwrap().len(), &leaf_value_at(&page, i).unwrap()))
+            .sum();
+        assert_eq!(used_bytes(&page), Ok(cells + 5 * SLOT_SIZE));
+        let removed = LEAF_CELL_HEADER + b"cherry".len() + 12 + SLOT_SIZE;
+        leaf_remove(&mut page, 2).unwrap();
+        assert!(fragmented(&page) > 0, "the dead cell is not counted");
+        assert_eq!(used_bytes(&page), Ok(cells + 5 * SLOT_SIZE - removed));
+        assert_eq!(used_bytes(&page), Ok(used(&page)));
+        set_raw_u16(&mut page, COUNT_AT, 300);
+        assert!(matches!(used_bytes(&page), Err(NodeError::Corrupt(_))));
+    }
+
+    #[test]
+    fn merge_leaves_appends_the_right_cells_and_takes_its_link() {
+        let mut left = new_page(7);
+        leaf_insert(&mut left, 0, b"0", LeafValue::Inline(b"1")).unwrap();
+        leaf_insert(&mut left, 1, b"1", LeafValue::Overflow { first_page: 40, len: 9000 }).unwrap();
+        leaf_remove(&mut left, 0).unwrap();
+        let mut right = sample_leaf();
+        right[..NODE_HEADER_OFFSET].copy_from_slice(&[0x11; NODE_HEADER_OFFSET]);
+        let right_before = right.clone();
+        let expected = [leaf_entries(&left), leaf_entries(&right)].concat();
+        let used_sum = used(&left) + used(&right);
+        merge_leaves(&mut left, &right).unwrap();
+        assert_eq!(leaf_entries(&left), expected);
+        assert_eq!(leaf_value_at(&left, 0), Ok(LeafValue::Overflow { first_page: 40, len: 9000 }));
+        assert_eq!(link(&left), 77, "left takes right's link");
+        assert_eq!((used(&left), fragmented(&left)), (used_sum, 0));
+        assert_eq!(validate(&left, NodeKind::Leaf), Ok(()));
+        assert_same(&right, &right_before, "the right node is only read");
+        assert_stamp(&left);
+        // Into an empty left node, and an empty right node into a full one.
+        let mut empty = new_page(1);
+        merge_leaves(&mut empty, &right).unwrap();
+        assert_eq!(leaf_entries(&empty), leaf_entries(&right));
+        let before = leaf_entries(&left);
+        merge_leaves(&mut left, &new_page(0)).unwrap();
+        assert_eq!((leaf_entries(&left), link(&left)), (before, 0));
+    }
+
+    #[test]
+    fn merge_internal_pulls_the_separator_down() {
+        let mut left = sample_internal(); // link 1; b -> 2, d -> 3, f -> 4
+        let mut right = new_page(10);
+        internal_insert(&mut right, 0, b"x", 11).unwrap();
+        internal_insert(&mut right, 1, b"y", 12).unwrap();
+        let probes: [&[u8]; 9] = [b"", b"a", b"b", b"e", b"f", b"m", b"n", b"x", b"z"];
+        let route = |page: &Page, key: &[u8]| internal_child_for(page, key).unwrap();
+        let before: Vec<u64> =
+            probes.iter().map(|k| if *k < b"m".as_slice() { route(&left, k) } else { route(&right, k) }).collect();
+        merge_internal(&mut left, b"m", &right).unwrap();
+        let expected: Vec<(Vec<u8>, u64)> = [(b"b", 2u64), (b"d", 3), (b"f", 4), (b"m", 10), (b"x", 11), (b"y", 12)]
+            .iter()
+            .map(|(k, c)| (k.to_vec(), *c))
+            .collect();
+        assert_eq!(internal_entries(&left), expected);
+        assert_eq!(link(&left), 1, "left keeps its leftmost child");
+        assert_eq!(probes.iter().map(|k| route(&left, k)).collect::<Vec<_>>(), before, "routes as the two did");
+        assert_eq!(validate(&left, NodeKind::Internal), Ok(()));
+        assert_stamp(&left);
+        // Two nodes with no cells: the separator alone.
+        let mut lone = new_page(5);
+        merge_internal(&mut lone, b"k", &new_page(6)).unwrap();
+        assert_eq!((link(&lone), internal_entries(&lone)), (5, vec![(b"k".to_vec(), 6)]));
+    }
+
+    #[test]
+    fn split_then_merge_restores_the_node() {
+        let mut rng = Rng::new(77);
+        for _ in 0..50 {
+            let mut leaf = new_page(rng.next_u64());
+            fill_leaf(&mut leaf, &mut rng, 200);
+            let (entries, old_link) = (leaf_entries(&leaf), link(&leaf));
+            let mut right = new_page(0);
+            split_leaf(&mut leaf, &mut right).unwrap();
+            assert_eq!(merge_leaves(&mut leaf, &right), Ok(()));
+            assert_eq!((leaf_entries(&leaf), link(&leaf)), (entries, old_link));
+
+            let mut internal = new_page(rng.next_u64());
+            fill_internal(&mut internal, &mut rng, 300);
+            let (entries, old_link) = (internal_entries(&internal), link(&internal));
+            let mut right = new_page(0);
+            let separator = split_internal(&mut internal, &mut right).unwrap();
+            assert_eq!(merge_internal(&mut internal, &separator, &right), Ok(()));
+            assert_eq!((internal_entries(&internal), link(&internal)), (entries, old_link));
+        }
+    }
+
+    #[test]
+    fn a_merge_that_cannot_be_done_changes_nothing() {
+        let mut rng = Rng::new(12);
+        let mut full = new_page(3);
+        fill_leaf(&mut full, &mut rng, 500);
+        let mut high = new_page(0);
+        leaf_insert(&mut high, 0, &[0xFF; 70], LeafValue::Inline(&[1; 900])).unwrap();
+        let cases: Vec<(Box<Page>, Box<Page>, &str)> = vec![
+            (full.clone(), high.clone(), "no space"),
+            (high.clone(), sample_leaf(), "keys out of order"),
+            (sample_leaf(), sample_leaf(), "equal keys"),
+        ];
+        for (mut left, right, what) in cases {
+            let before = left.clone();
+            let result = merge_leaves(&mut left, &right);
+            let expected = if what == "no space" {
+                NodeError::NoSpace
+            } else {
+                NodeError::Corrupt("merged nodes' keys are not in order")
+            };
+            assert_eq!(result, Err(expected), "{what}");
+            assert_same(&left, &before, what);
+        }
+        let mut corrupt = sample_leaf();
+        set_raw_u16(&mut corrupt, SLOTS_START, PAGE_SIZE - 1);
+        let mut left = new_page(0);
+        assert!(matches!(merge_leaves(&mut left, &corrupt), Err(NodeError::Corrupt(_))));
+        assert_same(&left, &new_page(0), "corrupt right node");
+        let mut internal = sample_internal();
+        let before = internal.clone();
+        assert!(matches!(
+            merge_internal(&mut internal, &[b'z'; MAX_KEY_LEN + 1], &new_page(0)),
+            Err(NodeError::Invalid(_))
+        ));
+        assert!(
+            matches!(merge_internal(&mut internal, b"e", &new_page(0)), Err(NodeError::Corrupt(_))),
+            "separator below left's last key"
+        );
+        let mut right = new_page(9);
+        internal_insert(&mut right, 0, b"p", 10).unwrap();
+        assert!(
+            matches!(merge_internal(&mut internal, b"p", &right), Err(NodeError::Corrupt(_))),
+            "separator not below right's first key"
+        );
+        let mut big = new_page(0);
+        fill_internal(&mut big, &mut Rng::new(3), 1000);
+        let mut bigger = new_page(0);
+        // Longer than any random key and all 0xFF, so above them all.
+        internal_insert(&mut bigger, 0, &[0xFF; 66], 1).unwrap();
+        let big_before = big.clone();
+        assert_eq!(merge_internal(&mut big, &[0xFF; 65], &bigger), Err(NodeError::NoSpace));
+        assert_same(&big, &big_before, "internal no space");
+        assert_same(&internal, &before, "failed internal merges");
+    }
+
+    #[test]
     fn after_a_split_either_half_takes_a_largest_cell() {
         let low_key = vec![0u8; MAX_KEY_LEN];
         let high_key = vec![0xFFu8; MAX_KEY_LEN];
@@ -1689,6 +1882,11 @@ mod tests {
             }
             exercise_write(page, kind, |p| compact(p, kind));
         }
+        let sample = sample_leaf();
+        exercise_write(page, NodeKind::Leaf, |p| merge_leaves(p, &sample));
+        exercise_write(&sample, NodeKind::Leaf, |p| merge_leaves(p, page));
+        exercise_write(page, NodeKind::Internal, |p| merge_internal(p, &key, &new_page(0)));
+        exercise_write(&new_page(0), NodeKind::Internal, |p| merge_internal(p, &key, page));
         for kind in [NodeKind::Leaf, NodeKind::Internal] {
             let mut left = *page;
             let mut right = new_page(0);
