@@ -45,6 +45,11 @@ pub enum Error {
     PageCorrupt(#[from] crate::store::page::PageError),
     #[error("the page cache is full of changes the log has not hardened yet (waiting for {needs_hardened:?}); raise --cache-size if this persists")]
     CacheFull { needs_hardened: Option<Lsn> },
+    /// A page the command needs is not cached and the pool was told not to read it on the spot
+    /// (`BufferPool::set_async_misses`): the server reads it through the ring and runs the
+    /// command again. Never reaches a client.
+    #[error("{0} is not cached (read in progress)")]
+    PageNotCached(crate::store::page::PageId),
     #[error("B+tree corruption: {0}")]
     TreeCorrupt(String),
     #[error("{0}")]

@@ -532,3 +532,66 @@ fn databases_on_several_shards() {
     assert!(cli(&server, &["-n", "1", "DBSIZE"]).parse::<i64>().unwrap() >= 2);
     assert!(server.stop());
 }
+
+/// A database several times larger than its cache: misses are read through the ring while the
+/// command waits (other clients go on), the cleaner writes dirty pages ahead of the clock hand so
+/// evictions rarely write themselves, and every value reads back right, also under concurrent
+/// readers (redis-benchmark) and after a restart.
+#[test]
+fn a_database_larger_than_its_cache_reads_and_evicts_through_the_ring() {
+    let dir = scratch();
+    let args = ["--databases", "1", "--cache-size", "18MiB"];
+    let server = ServerProcess::start(dir.path(), &args);
+    let mut c = server.client();
+    let value = |i: u64| -> Vec<u8> { format!("{i:08}").repeat(375).into_bytes() }; // 3000 bytes
+    const KEYS: u64 = 9000; // about 37 MB of leaves and overflow pages: twice the cache
+    for batch in 0..KEYS / 100 {
+        let keys: Vec<String> = (batch * 100..batch * 100 + 100).map(|i| format!("key:{i:012}")).collect();
+        let values: Vec<Vec<u8>> = (batch * 100..batch * 100 + 100).map(value).collect();
+        let cmds: Vec<Vec<&[u8]>> =
+            keys.iter().zip(&values).map(|(k, v)| vec![&b"SET"[..], k.as_bytes(), v.as_slice()]).collect();
+        assert!(c.pipeline(&cmds).unwrap().iter().all(|r| *r == Value::Simple("OK".into())));
+    }
+    let check_all = |c: &mut mirrorlog::client::Client| {
+        let mut state = 99u64;
+        for _ in 0..KEYS / 50 {
+            let keys: Vec<(u64, String)> = (0..50)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let i = state % KEYS;
+                    (i, format!("key:{i:012}"))
+                })
+                .collect();
+            let cmds: Vec<Vec<&[u8]>> = keys.iter().map(|(_, k)| vec![&b"GET"[..], k.as_bytes()]).collect();
+            for ((i, k), reply) in keys.iter().zip(c.pipeline(&cmds).unwrap()) {
+                assert_eq!(reply, Value::Bulk(value(*i)), "{k}");
+            }
+        }
+    };
+    check_all(&mut c);
+    // Concurrent readers over the same keyspace (redis-benchmark's keys are key:%012d).
+    let out = tool("redis-benchmark")
+        .args(["-p", &server.port(), "-t", "get", "-n", "20000", "-c", "16", "-r", &KEYS.to_string(), "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_all(&mut c);
+    std::thread::sleep(Duration::from_millis(250)); // figures are published every 100 ms
+    let info = cli(&server, &["INFO", "persistence"]);
+    let field = |name: &str| -> u64 {
+        info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap()
+    };
+    let (misses, reads_async) = (field("db0_cache_misses:"), field("db0_page_reads_async:"));
+    let (eviction_writes, cleaning_writes) = (field("db0_eviction_writes:"), field("db0_cleaning_writes:"));
+    eprintln!("misses {misses}, read through the ring {reads_async}; writes by eviction {eviction_writes}, by the cleaner {cleaning_writes}");
+    assert!(reads_async > 1000, "misses are read through the ring:\n{info}");
+    assert!(misses - reads_async <= 16, "every miss of a command or the sweep is asynchronous:\n{info}");
+    assert!(cleaning_writes > eviction_writes, "the cleaner does most eviction writing:\n{info}");
+    assert!(server.stop());
+    let server = ServerProcess::start(dir.path(), &args);
+    let mut c = server.client();
+    check_all(&mut c);
+    assert!(server.stop());
+}

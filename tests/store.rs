@@ -625,3 +625,40 @@ fn merges_match_a_model_with_overflow_values_and_aborted_transactions() {
     }
     eprintln!("{transactions} transactions, {aborted} aborted; peak {peak:?}");
 }
+
+/// A ring read of a page that another path installed, changed and evicted while the read was in
+/// flight brings back an older image: it is dropped, never installed over the newer page.
+#[test]
+fn a_ring_read_overtaken_by_a_newer_page_is_dropped() {
+    let dir = scratch();
+    let mut ring = Ring::new(64).unwrap();
+    let mut db = open(dir.path(), &mut ring, 16);
+    for i in 0..400 {
+        put(&mut db, &mut ring, &key(i), &value(i, 300));
+    }
+    assert!(db.checkpoint_now().unwrap());
+    drop(db);
+    let mut db = open(dir.path(), &mut ring, 16);
+    let leaf = btree::leaf_of(db.pool(), &key(7)).unwrap();
+    // Evict the leaf: read keys far away.
+    for i in 200..400 {
+        get(&mut db, &key(i));
+    }
+    assert!(!db.pool().is_cached(leaf));
+    assert!(db.pool().submit_read(&mut ring, 1 << 50, leaf).unwrap());
+    let mut completions = Vec::new();
+    ring.submit_and_wait(1).unwrap();
+    ring.reap(&mut completions);
+    let read = completions.pop().unwrap();
+    assert_eq!(read.token, 1 << 50);
+    // Meanwhile: a synchronous miss installs the leaf, a put changes it, a checkpoint writes it,
+    // and other reads evict it again.
+    put(&mut db, &mut ring, &key(7), b"newer");
+    assert!(db.checkpoint_now().unwrap());
+    for i in 200..400 {
+        get(&mut db, &key(i));
+    }
+    assert!(!db.pool().is_cached(leaf));
+    assert!(db.pool().complete_read(leaf, read.result, read.buf).unwrap());
+    assert_eq!(get(&mut db, &key(7)), Some(b"newer".to_vec()), "the older image was not installed");
+}

@@ -29,6 +29,9 @@ pub struct Session {
     /// Commands queued by MULTI (owned copies of their arguments).
     pub multi: Option<Vec<Vec<Vec<u8>>>>,
     pub multi_failed: bool,
+    /// A page the next command needs and the cache lacks is read through the ring while the
+    /// command waits (`Outcome::ReadPage`), instead of synchronously on the shard thread.
+    pub async_page_reads: bool,
 }
 
 impl Session {
@@ -43,6 +46,7 @@ impl Session {
             lib_ver: None,
             multi: None,
             multi_failed: false,
+            async_page_reads: false,
         }
     }
 }
@@ -93,6 +97,9 @@ pub enum Outcome {
     /// Nothing was done: run the same command again once database `db`'s log is hardened to
     /// `lsn` (the page cache was full of pages waiting for it).
     RetryAfter { db: usize, lsn: Lsn },
+    /// Nothing was done: page `page` of database `db` is not cached. Run the same command again
+    /// once it is read (`BufferPool::submit_read`).
+    ReadPage { db: usize, page: crate::store::page::PageId },
     /// The transaction is partly appended (the log buffer filled): call
     /// `Database::continue_commit` after the next log write, then send `reply`.
     WaitingForSpace { reply: Reply, db: usize },
@@ -290,8 +297,8 @@ pub fn execute(
             let db = plan.data_db;
             let cmds: Vec<Vec<&[u8]>> = queued.iter().map(|c| c.iter().map(|a| a.as_slice()).collect()).collect();
             let databases = dbs.len();
-            let outcome = transaction(owned(dbs, db), db, &cmds, cursors, Some(databases));
-            if matches!(outcome, Outcome::RetryAfter { .. }) {
+            let outcome = transaction(owned(dbs, db), db, &cmds, cursors, Some(databases), session.async_page_reads);
+            if matches!(outcome, Outcome::RetryAfter { .. } | Outcome::ReadPage { .. }) {
                 // EXEC runs again later: keep the queued commands.
                 session.multi = Some(queued);
             } else {
@@ -301,7 +308,7 @@ pub fn execute(
         }
         _ => {
             let db = session.db;
-            transaction(owned(dbs, db), db, &[args.to_vec()], cursors, None)
+            transaction(owned(dbs, db), db, &[args.to_vec()], cursors, None, session.async_page_reads)
         }
     }
 }
@@ -375,6 +382,20 @@ fn transaction(
     cmds: &[Vec<&[u8]>],
     cursors: &mut Cursors,
     exec: Option<usize>,
+    async_page_reads: bool,
+) -> Outcome {
+    database.pool().set_async_misses(async_page_reads);
+    let outcome = run_transaction(database, db, cmds, cursors, exec);
+    database.pool().set_async_misses(false);
+    outcome
+}
+
+fn run_transaction(
+    database: &mut Database,
+    db: usize,
+    cmds: &[Vec<&[u8]>],
+    cursors: &mut Cursors,
+    exec: Option<usize>,
 ) -> Outcome {
     if database.is_failed() {
         return now_reply(err(
@@ -399,6 +420,11 @@ fn transaction(
                 // command again once the log gets there (the connection keeps it unconsumed).
                 database.abort();
                 return Outcome::RetryAfter { db, lsn };
+            }
+            Err(Error::PageNotCached(page)) => {
+                // Undone; the server reads the page through the ring and runs it again.
+                database.abort();
+                return Outcome::ReadPage { db, page };
             }
             Err(e) => {
                 // A failure inside the engine (corrupt page, a transaction larger than the
@@ -940,6 +966,15 @@ fn server_info(args: &[&[u8]], info: &ServerInfo<'_>) -> Reply {
                 s.log_writes.load(Relaxed),
                 s.checkpoint_lsn.load(Relaxed),
                 s.checkpoints.load(Relaxed)
+            ));
+            text.push_str(&format!(
+                "db{i}_checkpoint_pages_left:{}\r\ndb{i}_cache_misses:{}\r\ndb{i}_page_reads_async:{}\r\ndb{i}_page_writes:{}\r\ndb{i}_eviction_writes:{}\r\ndb{i}_cleaning_writes:{}\r\n",
+                s.checkpoint_pages_left.load(Relaxed),
+                s.cache_misses.load(Relaxed),
+                s.page_reads_async.load(Relaxed),
+                s.page_writes.load(Relaxed),
+                s.eviction_writes.load(Relaxed),
+                s.cleaning_writes.load(Relaxed)
             ));
         }
         text.push_str("\r\n");

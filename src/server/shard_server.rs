@@ -21,6 +21,7 @@ use crate::server::resp::{self, ParseError, Reply};
 use crate::server::shards::{Migration, Shared};
 use crate::server::ServerConfig;
 use crate::store::database::{CommitProgress, Database};
+use crate::store::page::PageId;
 use crate::wal::{Lsn, Wake};
 
 mod peer;
@@ -35,6 +36,7 @@ const KIND_TIMER: u64 = 5;
 const KIND_MSG_SENT: u64 = 6;
 const KIND_CHECKPOINT: u64 = 7;
 // 8..=11: the mirroring endpoint (`peer`).
+const KIND_PAGE_READ: u64 = 12;
 const ID_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 pub fn token(kind: u64, id: u64) -> Token {
@@ -46,6 +48,16 @@ pub fn token(kind: u64, id: u64) -> Token {
 fn checkpoint_token(db: usize) -> Token {
     token(KIND_CHECKPOINT, (db as u64) << 32)
 }
+
+/// Token of a ring read of page `page` of database `db` (page ids below 2^32 only: larger ones
+/// are read synchronously).
+fn page_read_token(db: usize, page: PageId) -> Option<Token> {
+    (page.0 < 1 << 32).then(|| token(KIND_PAGE_READ, ((db as u64) << 32) | page.0))
+}
+
+/// A command that missed the cache this many times in a row runs once with synchronous reads (a
+/// transaction touching more pages than the cache holds could otherwise evict its own pages).
+const PAGE_READ_RETRIES_MAX: u32 = 16;
 
 /// Bytes of one receive.
 const RECV_SIZE: usize = 64 * 1024;
@@ -77,6 +89,10 @@ struct Conn {
     waiting_space: Option<(Reply, usize)>,
     /// The next command runs again once this database's log is hardened to this LSN.
     retry_after: Option<(usize, Lsn)>,
+    /// The next command runs again once this page of this database is read.
+    waiting_read: Option<(usize, PageId)>,
+    /// Cache misses of the next command so far.
+    read_retries: u32,
     /// The session selected a database of this shard: the connection moves there once its
     /// replies are sent.
     migrate_to: Option<usize>,
@@ -87,7 +103,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(fd: OwnedFd, session: Session, input: Vec<u8>) -> Self {
+    fn new(fd: OwnedFd, mut session: Session, input: Vec<u8>) -> Self {
+        session.async_page_reads = true;
         Self {
             fd,
             session,
@@ -99,6 +116,8 @@ impl Conn {
             closing: false,
             waiting_space: None,
             retry_after: None,
+            waiting_read: None,
+            read_retries: 0,
             migrate_to: None,
             recv_op: None,
             recv_cancelled: false,
@@ -164,6 +183,8 @@ pub struct ServerShard {
     pending_auto_failovers: Vec<(usize, crate::wal::Epoch)>,
     /// Per database: its connection to the witness, if one is configured.
     witness_links: Vec<Option<peer::WitnessLink>>,
+    /// Pages commands wait for, to be read through the ring before the next sleep.
+    page_reads_wanted: Vec<(usize, PageId)>,
 }
 
 const SPARE_BUFS_MAX: usize = 256;
@@ -225,6 +246,7 @@ impl ServerShard {
             pending_force_service: Vec::new(),
             pending_auto_failovers: Vec::new(),
             witness_links: (0..dbs_len).map(|_| None).collect(),
+            page_reads_wanted: Vec::new(),
         }
     }
 
@@ -277,6 +299,13 @@ impl ServerShard {
             stats.log_writes.store(db.log.stats.writes, Ordering::Relaxed);
             stats.checkpoint_lsn.store(db.checkpoint_lsn().0, Ordering::Relaxed);
             stats.checkpoints.store(db.checkpoints, Ordering::Relaxed);
+            stats.checkpoint_pages_left.store(db.checkpoint_pages_left() as u64, Ordering::Relaxed);
+            let pool = db.pool().stats;
+            stats.cache_misses.store(pool.misses, Ordering::Relaxed);
+            stats.page_reads_async.store(pool.async_reads, Ordering::Relaxed);
+            stats.page_writes.store(pool.page_writes, Ordering::Relaxed);
+            stats.eviction_writes.store(pool.eviction_writes, Ordering::Relaxed);
+            stats.cleaning_writes.store(pool.cleaning_writes, Ordering::Relaxed);
             if db.is_restoring() {
                 continue; // its pages belong to the redo workers
             }
@@ -434,7 +463,7 @@ impl ServerShard {
 
     fn process_conn(&mut self, id: u64, conn: &mut Conn) {
         let info_clients = self.shared.clients.load(Ordering::Relaxed);
-        if conn.migrate_to.is_some() {
+        if conn.migrate_to.is_some() || conn.waiting_read.is_some() {
             return;
         }
         let mut used = 0;
@@ -513,7 +542,22 @@ impl ServerShard {
             let protocol_before = conn.session.protocol;
             let outcome = commands::execute(&args, &mut conn.session, &mut self.dbs, &mut self.cursors, &info);
             let protocol = if args[0].eq_ignore_ascii_case(b"HELLO") { conn.session.protocol } else { protocol_before };
+            if !matches!(outcome, Outcome::ReadPage { .. }) {
+                conn.read_retries = 0;
+                conn.session.async_page_reads = true;
+            }
             match outcome {
+                Outcome::ReadPage { db, page } => {
+                    used = start; // the command stays in the input and runs again
+                    conn.read_retries += 1;
+                    if conn.read_retries >= PAGE_READ_RETRIES_MAX {
+                        conn.session.async_page_reads = false;
+                        continue;
+                    }
+                    conn.waiting_read = Some((db, page));
+                    self.page_reads_wanted.push((db, page));
+                    break;
+                }
                 Outcome::Reply { reply, db, wait } => {
                     let mut bytes = Vec::new();
                     reply.encode(protocol, &mut bytes);
@@ -639,6 +683,52 @@ impl ServerShard {
         Ok(())
     }
 
+    /// Starts the ring reads commands wait for. A page that cannot be read that way (beyond the
+    /// data file) is not waited for: its commands run again with synchronous reads, which say why.
+    fn submit_page_reads(&mut self, ring: &mut Ring) -> Result<()> {
+        for (db, page) in std::mem::take(&mut self.page_reads_wanted) {
+            let Some(database) = self.dbs[db].as_mut() else { continue };
+            let submitted = match page_read_token(db, page) {
+                Some(token) => database.pool().submit_read(ring, token, page)?,
+                None => false,
+            };
+            if !submitted {
+                self.page_read_done(ring, db, page, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_page_read(&mut self, ring: &mut Ring, db: usize, page: PageId, mut c: Completion) -> Result<()> {
+        let Some(database) = self.dbs.get_mut(db).and_then(|d| d.as_mut()) else { return Ok(()) };
+        let installed = match database.pool().complete_read(page, c.result, c.buf.take()) {
+            Ok(installed) => installed,
+            Err(e) => {
+                eprintln!("mirrorlog: database {db}: installing {page} read through the ring: {e}");
+                false
+            }
+        };
+        self.page_read_done(ring, db, page, installed)
+    }
+
+    /// Page `page` of database `db` is cached now (or, if not `installed`, the commands waiting
+    /// for it run with synchronous reads): those commands run again.
+    fn page_read_done(&mut self, ring: &mut Ring, db: usize, page: PageId, installed: bool) -> Result<()> {
+        let ids: Vec<u64> =
+            self.conns.iter().filter(|(_, c)| c.waiting_read == Some((db, page))).map(|(id, _)| *id).collect();
+        for id in ids {
+            let conn = self.conns.get_mut(&id).expect("listed above");
+            conn.waiting_read = None;
+            if !installed {
+                conn.session.async_page_reads = false;
+            }
+            self.process(id);
+            self.flush(ring, id)?;
+            self.try_migrate(ring, id)?;
+        }
+        Ok(())
+    }
+
     /// Database `db` failed: every reply still waiting on it becomes an error (as when its log
     /// fails), so no client waits forever.
     fn fail_waiting_replies(&mut self, ring: &mut Ring, db: usize) -> Result<()> {
@@ -728,6 +818,9 @@ impl ServerShard {
     fn sweep_expired(&mut self, db: usize) {
         let database = local_mut(&mut self.dbs, db);
         database.begin();
+        // A page the sweep lacks is read through the ring; the sweep goes on from the same key
+        // at the next tick.
+        database.pool().set_async_misses(true);
         let now = crate::store::value::now_ms();
         let swept = (|| -> Result<Option<Vec<u8>>> {
             let (keys, next) =
@@ -746,7 +839,12 @@ impl ServerShard {
             }
             Ok(next)
         })();
+        database.pool().set_async_misses(false);
         match swept {
+            Err(crate::error::Error::PageNotCached(page)) => {
+                database.abort();
+                self.page_reads_wanted.push((db, page));
+            }
             Ok(next) => {
                 self.sweep_after[db] = next;
                 // A commit that must wait for log space goes on in `continue_pending_commit`.
@@ -799,9 +897,11 @@ impl ShardWork for ServerShard {
     }
 
     fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool> {
+        self.submit_page_reads(ring)?;
         for i in 0..self.dbs.len() {
             let Some(db) = self.dbs[i].as_mut().filter(|d| !d.is_failed()) else { continue };
-            if let Err(e) = db.checkpoint_step(ring, checkpoint_token(i)) {
+            let stepped = db.checkpoint_step(ring, checkpoint_token(i));
+            if let Err(e) = stepped.and_then(|_| db.cleaning_step(ring, checkpoint_token(i))) {
                 eprintln!("mirrorlog: database {i}: checkpoint failed: {e}; the database accepts no more commands");
                 self.fail_waiting_replies(ring, i)?;
             }
@@ -843,6 +943,7 @@ impl ShardWork for ServerShard {
             KIND_LOG => self.on_log(ring, id as usize, c),
             KIND_TIMER => self.on_timer(ring),
             KIND_CHECKPOINT => self.on_checkpoint(ring, (id >> 32) as usize, c),
+            KIND_PAGE_READ => self.on_page_read(ring, (id >> 32) as usize, PageId(id & 0xffff_ffff), c),
             peer::KIND_PEER_ACCEPT..=peer::KIND_PEER_SEND => self.peer_complete(ring, c),
             KIND_MSG_SENT => {
                 if c.result < 0 {

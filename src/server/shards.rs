@@ -29,6 +29,14 @@ pub struct DbStats {
     pub log_writes: AtomicU64,
     pub checkpoint_lsn: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Pages the checkpoint in progress has still to write (0 when none is in progress).
+    pub checkpoint_pages_left: AtomicU64,
+    /// Buffer pool figures (`store::buffer_pool::PoolStats`).
+    pub cache_misses: AtomicU64,
+    pub page_reads_async: AtomicU64,
+    pub page_writes: AtomicU64,
+    pub eviction_writes: AtomicU64,
+    pub cleaning_writes: AtomicU64,
     /// The database's mirroring status as `name=value` pairs (INFO mirroring), empty when it is
     /// not mirrored; replaced by its shard every timer tick (not on the data path).
     pub mirroring: std::sync::Mutex<String>,

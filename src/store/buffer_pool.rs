@@ -10,6 +10,14 @@
 //! barrier — the end of the commit record of the last transaction that changed it. Pages of the
 //! transaction in progress are never evicted.
 //!
+//! Page I/O goes through the shard's ring where a command need not wait for it:
+//! - a cache miss, when the server asks for it (`set_async_misses`), is an `Error::PageNotCached`
+//!   instead of a synchronous read: the command is undone, the server reads the page through the
+//!   ring (`submit_read`, `complete_read`) and runs the command again;
+//! - when the pool is full, `submit_cleaning_writes` writes dirty pages just ahead of the clock
+//!   hand through the ring, and eviction prefers clean pages, so an eviction rarely has to write
+//!   synchronously.
+//!
 //! Checkpoints are incremental (fuzzy): `begin_checkpoint` marks the pages dirty at that moment,
 //! and `submit_checkpoint_writes` writes them through the ring a few at a time while commands go
 //! on changing pages. A page is written from a copy, so later changes never race the write; a
@@ -49,6 +57,11 @@ impl Hasher for PageIdHasher {
 
 type PageMap = HashMap<PageId, usize, BuildHasherDefault<PageIdHasher>>;
 
+/// Dirty victims eviction passes over looking for a clean one before it writes one itself.
+const EVICT_DIRTY_SKIP: usize = 32;
+/// Frames ahead of the clock hand the cleaner looks at, and the writes it keeps in flight.
+const CLEAN_AHEAD: usize = 64;
+const CLEAN_WRITES_IN_FLIGHT: usize = 16;
 /// Before-images kept for reuse.
 const SPARE_IMAGES_MAX: usize = 64;
 /// Page writes a checkpoint keeps in flight at once.
@@ -108,8 +121,14 @@ pub struct PageChange {
 pub struct PoolStats {
     pub hits: u64,
     pub misses: u64,
+    /// Misses read through the ring (the rest were read synchronously).
+    pub async_reads: u64,
     pub evictions: u64,
     pub page_writes: u64,
+    /// Writes of a dirty victim by eviction itself (synchronous).
+    pub eviction_writes: u64,
+    /// Writes by the cleaner ahead of the clock hand (through the ring).
+    pub cleaning_writes: u64,
 }
 
 pub struct BufferPool {
@@ -130,6 +149,11 @@ pub struct BufferPool {
     checkpoint_queue: VecDeque<usize>,
     /// Page writes in flight through the ring.
     writes_in_flight: usize,
+    /// A miss is reported (`Error::PageNotCached`) instead of read on the spot.
+    async_misses: bool,
+    /// Ring reads in flight; true once the page was installed by another path meanwhile (the
+    /// read's content may then be older: it is dropped).
+    reads_in_flight: HashMap<PageId, bool, BuildHasherDefault<PageIdHasher>>,
     /// Disk fault injection (tests): the ring page write with this 1-based number completes with
     /// EIO instead.
     pub fail_page_write_number: Option<u64>,
@@ -153,6 +177,8 @@ impl BufferPool {
             checkpoint_lsn: Lsn::ZERO,
             checkpoint_queue: VecDeque::new(),
             writes_in_flight: 0,
+            async_misses: false,
+            reads_in_flight: HashMap::default(),
             fail_page_write_number: None,
             ring_page_writes: 0,
             stats: PoolStats::default(),
@@ -232,6 +258,9 @@ impl BufferPool {
             self.frames[frame].referenced = true;
             return Ok(frame);
         }
+        if self.async_misses {
+            return Err(Error::PageNotCached(id));
+        }
         self.stats.misses += 1;
         let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
         match self.data.read_page(id, &mut buf)? {
@@ -258,14 +287,21 @@ impl BufferPool {
             }
         };
         self.map.insert(id, index);
+        if let Some(stale) = self.reads_in_flight.get_mut(&id) {
+            *stale = true;
+        }
         Ok(index)
     }
 
-    /// Frees a frame by the clock: skips referenced frames once, pages of the transaction, and
-    /// dirty pages whose barrier the log has not reached. Writes a dirty victim out.
+    /// Frees a frame by the clock: skips referenced frames once, pages of the transaction, pages
+    /// with a write in flight, and dirty pages whose barrier the log has not reached. Prefers a
+    /// clean victim (the cleaner writes dirty ones ahead of the hand): only after passing
+    /// `EVICT_DIRTY_SKIP` dirty candidates does it write the first one itself.
     fn evict(&mut self) -> Result<usize> {
         let n = self.frames.len();
         let mut waiting_for = None::<Lsn>;
+        let mut dirty_victim = None::<usize>;
+        let mut dirty_seen = 0;
         for _ in 0..2 * n + 1 {
             let i = self.hand;
             self.hand = (self.hand + 1) % n;
@@ -282,17 +318,102 @@ impl BufferPool {
                 continue;
             }
             if f.dirty {
-                self.data.write_page(&mut f.buf)?;
-                self.stats.page_writes += 1;
+                dirty_victim.get_or_insert(i);
+                dirty_seen += 1;
+                if dirty_seen < EVICT_DIRTY_SKIP {
+                    continue;
+                }
+                break;
             }
-            // An aborted new page leaves an unmapped frame behind; its id may live elsewhere now.
-            if self.map.get(&f.id) == Some(&i) {
-                self.map.remove(&f.id);
-            }
-            self.stats.evictions += 1;
-            return Ok(i);
+            return Ok(self.evict_frame(i));
         }
-        Err(Error::CacheFull { needs_hardened: waiting_for })
+        let Some(i) = dirty_victim else {
+            return Err(Error::CacheFull { needs_hardened: waiting_for });
+        };
+        let f = &mut self.frames[i];
+        self.data.write_page(&mut f.buf)?;
+        self.stats.page_writes += 1;
+        self.stats.eviction_writes += 1;
+        f.dirty = false;
+        Ok(self.evict_frame(i))
+    }
+
+    /// Empties frame `i` (clean) for reuse.
+    fn evict_frame(&mut self, i: usize) -> usize {
+        let id = self.frames[i].id;
+        // An aborted new page leaves an unmapped frame behind; its id may live elsewhere now.
+        if self.map.get(&id) == Some(&i) {
+            self.map.remove(&id);
+        }
+        self.stats.evictions += 1;
+        i
+    }
+
+    /// Asks for cache misses to be reported (`Error::PageNotCached`) instead of read on the spot.
+    pub fn set_async_misses(&mut self, on: bool) {
+        self.async_misses = on;
+    }
+
+    /// Starts a ring read of page `id` (its completion goes to `complete_read`). Returns false if
+    /// it cannot be read that way (beyond the data file: a synchronous read reports why) and true
+    /// if it is in flight, now or already.
+    pub fn submit_read(&mut self, ring: &mut Ring, token: Token, id: PageId) -> Result<bool> {
+        if self.reads_in_flight.contains_key(&id) || self.map.contains_key(&id) {
+            return Ok(true);
+        }
+        if id.0 >= self.data.capacity_pages() {
+            return Ok(false);
+        }
+        let buf = AlignedBuf::zeroed(PAGE_SIZE);
+        ring.read_at(self.data.raw_fd(), buf, PAGE_SIZE, id.0 * PAGE_SIZE as u64, token)?;
+        self.reads_in_flight.insert(id, false);
+        Ok(true)
+    }
+
+    /// A ring read of page `id` completed. Installs the page if it verifies and nothing installed
+    /// it meanwhile; returns false if the read failed or the page does not verify (the command
+    /// that wanted it runs again with synchronous reads, which report why).
+    pub fn complete_read(&mut self, id: PageId, result: i32, buf: Option<AlignedBuf>) -> Result<bool> {
+        let Some(stale) = self.reads_in_flight.remove(&id) else { return Ok(true) };
+        if stale || self.map.contains_key(&id) {
+            return Ok(true);
+        }
+        let Some(buf) = buf.filter(|_| result == PAGE_SIZE as i32) else { return Ok(false) };
+        if self.data.verify(id, &buf).is_err() {
+            return Ok(false);
+        }
+        self.stats.misses += 1;
+        self.stats.async_reads += 1;
+        let frame = self.install(id, Some(buf))?;
+        self.frames[frame].referenced = true;
+        Ok(true)
+    }
+
+    /// Ring reads in flight.
+    pub fn reads_in_flight(&self) -> usize {
+        self.reads_in_flight.len()
+    }
+
+    /// When the pool is full, writes dirty pages just ahead of the clock hand through the ring
+    /// (those whose barrier the log has reached and that no transaction holds), so that the
+    /// hand finds them clean and eviction need not write synchronously.
+    pub fn submit_cleaning_writes(&mut self, ring: &mut Ring, token: Token) -> Result<()> {
+        let n = self.frames.len();
+        if n < self.capacity {
+            return Ok(());
+        }
+        for k in 0..CLEAN_AHEAD.min(n) {
+            if self.writes_in_flight >= CLEAN_WRITES_IN_FLIGHT {
+                break;
+            }
+            let i = (self.hand + k) % n;
+            let f = &self.frames[i];
+            if f.dirty && !f.referenced && !f.in_tx && !f.writing && f.barrier <= self.lsn_hardened {
+                self.submit_page_write(ring, token, i)?;
+                self.stats.cleaning_writes += 1;
+            }
+        }
+        Ok(())
     }
 
     pub fn begin(&mut self) {

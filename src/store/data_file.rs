@@ -97,6 +97,11 @@ impl DataFile {
         Ok(page::verify(&buf[..PAGE_SIZE], self.db_id, id))
     }
 
+    /// Verifies page `id` read into `buf` by other means (a ring read).
+    pub fn verify(&self, id: PageId, buf: &[u8]) -> std::result::Result<PageType, PageError> {
+        page::verify(&buf[..PAGE_SIZE], self.db_id, id)
+    }
+
     /// Seals (checksums) and writes one page at its place. Not durable until `sync`.
     pub fn write_page(&mut self, buf: &mut AlignedBuf) -> Result<()> {
         let id = page::page_id(&buf[..PAGE_SIZE]);

@@ -329,6 +329,16 @@ impl Database {
         Ok(())
     }
 
+    /// When the cache is full, writes dirty pages ahead of the clock hand through the ring (their
+    /// completions go to `on_checkpoint_completion` too), so evictions find clean pages.
+    pub fn cleaning_step(&mut self, ring: &mut Ring, token: Token) -> Result<()> {
+        if self.restoring || self.is_failed() {
+            return Ok(());
+        }
+        let submitted = self.pool.submit_cleaning_writes(ring, token);
+        self.fail_data_if(submitted)
+    }
+
     /// A completion of a `checkpoint_step` operation. A failed page write or fdatasync is fatal
     /// for the database (the kernel may have dropped the pages).
     pub fn on_checkpoint_completion(&mut self, completion: crate::io::ring::Completion) -> Result<()> {
