@@ -102,6 +102,18 @@ impl DataFile {
         page::verify(&buf[..PAGE_SIZE], self.db_id, id)
     }
 
+    /// Makes page `id` a page never written (zeroes), if the file reaches it. Not durable until
+    /// `sync`.
+    pub fn write_unwritten(&mut self, id: PageId) -> Result<()> {
+        if id.0 >= self.capacity_pages {
+            return Ok(());
+        }
+        let zeroes = AlignedBuf::zeroed(PAGE_SIZE);
+        self.file
+            .write_all_at(&zeroes[..PAGE_SIZE], id.0 * PAGE_SIZE as u64)
+            .context(|| format!("write {id} of {}", self.path.display()))
+    }
+
     /// Seals (checksums) and writes one page at its place. Not durable until `sync`.
     pub fn write_page(&mut self, buf: &mut AlignedBuf) -> Result<()> {
         let id = page::page_id(&buf[..PAGE_SIZE]);

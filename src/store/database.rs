@@ -99,6 +99,9 @@ pub struct Database {
     data_failure: Option<String>,
     /// Redo LSN of the last completed checkpoint.
     checkpoint_lsn: Lsn,
+    /// The log's end after the last checkpoint (and its CHECKPOINT record): a checkpoint
+    /// requested while the log is still there has nothing to do.
+    lsn_after_checkpoint: Lsn,
     pub checkpoints: u64,
     pub redo_report: RedoReport,
     restoring: bool,
@@ -142,6 +145,7 @@ impl Database {
             checkpoint_record_due: None,
             data_failure: None,
             checkpoint_lsn: redo_from,
+            lsn_after_checkpoint: Lsn::ZERO,
             checkpoints: 0,
             redo_report,
             restoring: config.restoring,
@@ -286,6 +290,11 @@ impl Database {
         self.checkpoint_phase != CheckpointPhase::Idle
     }
 
+    /// Page writes (checkpoint, cleaner) in flight through the ring.
+    pub fn page_writes_in_flight(&self) -> usize {
+        self.pool.page_writes_in_flight()
+    }
+
     /// Pages the checkpoint in progress has still to write.
     pub fn checkpoint_pages_left(&self) -> usize {
         self.pool.checkpoint_pages_left()
@@ -313,6 +322,12 @@ impl Database {
         }
         if self.checkpoint_phase == CheckpointPhase::Idle && self.checkpoint_requested && between_transactions {
             let redo_lsn = self.log.lsn_appended();
+            if redo_lsn == self.lsn_after_checkpoint {
+                // Nothing was logged since the last checkpoint (and its record): nothing to do,
+                // and no CHECKPOINT record every interval on an idle database.
+                self.checkpoint_requested = false;
+                return Ok(());
+            }
             self.pool.begin_checkpoint(redo_lsn);
             self.checkpoint_requested = false;
             self.checkpoint_phase = CheckpointPhase::Writing(redo_lsn);
@@ -358,6 +373,7 @@ impl Database {
         self.fail_data_if(recorded)?;
         self.log.set_retention_lsn(redo_lsn);
         self.checkpoint_lsn = redo_lsn;
+        self.lsn_after_checkpoint = redo_lsn;
         self.checkpoints += 1;
         self.checkpoint_phase = CheckpointPhase::Idle;
         if self.log_checkpoint_records {
@@ -372,8 +388,11 @@ impl Database {
     fn log_checkpoint_record(&mut self) -> Result<()> {
         let Some(redo_lsn) = self.checkpoint_record_due else { return Ok(()) };
         match self.log.append(redo::CHECKPOINT, &redo_lsn.0.to_le_bytes()) {
-            Ok(_) => {
+            Ok(end) => {
                 self.checkpoint_record_due = None;
+                if self.log.lsn_appended() == end && self.checkpoint_lsn == redo_lsn {
+                    self.lsn_after_checkpoint = end;
+                }
                 Ok(())
             }
             Err(AppendError::Full) => Ok(()),
@@ -569,6 +588,7 @@ impl Database {
         self.fail_data_if(recorded)?;
         self.log.set_retention_lsn(redo_lsn);
         self.checkpoint_lsn = redo_lsn;
+        self.lsn_after_checkpoint = redo_lsn;
         self.checkpoints += 1;
         Ok(true)
     }

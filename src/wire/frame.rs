@@ -24,8 +24,9 @@
 //! range), so a header that validates can be trusted before its body is read: lengths are checked
 //! against `FRAME_BODY_MAX` before anything is awaited or allocated.
 //!
-//! Versions: a build speaks `PROTOCOL_VERSION` and the one before it, `PROTOCOL_VERSION_MIN`.
-//! Version 1 has no compression; version 2 adds the LZ4 flag.
+//! Versions: a build speaks `PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION`. Version 1 has no
+//! compression; version 2 adds the LZ4 flag; version 3 adds page rewind (PAGE_REQUEST and
+//! PAGE_IMAGE, `mirroring::page_rewind`).
 
 use std::borrow::Cow;
 
@@ -34,11 +35,13 @@ use crate::wal::{DbId, Epoch, Lsn};
 /// First four bytes of every frame: "MMLR" on the wire.
 pub const FRAME_MAGIC: u32 = 0x524C_4D4D;
 /// The protocol version this build speaks natively.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this build still speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// First version with LZ4-compressed bodies.
 pub const PROTOCOL_VERSION_LZ4: u16 = 2;
+/// First version with page rewind at rejoin.
+pub const PROTOCOL_VERSION_REWIND: u16 = 3;
 pub const FRAME_HEADER_SIZE: usize = 64;
 /// Largest body, both on the wire (`body_len`) and after decompression (`raw_len`).
 pub const FRAME_BODY_MAX: usize = 2 * 1024 * 1024;
@@ -79,10 +82,14 @@ pub enum FrameKind {
     WitnessReport = 12,
     /// Witness → partner: the answer to the report numbered `lsn_to`.
     WitnessAnswer = 13,
+    /// Mirror → principal (a rejoin's page rewind): send these pages.
+    PageRequest = 14,
+    /// Principal → mirror: one page's current image (or that it was never written).
+    PageImage = 15,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 13] = [
+    pub const ALL: [FrameKind; 15] = [
         FrameKind::Hello,
         FrameKind::Challenge,
         FrameKind::Proof,
@@ -96,6 +103,8 @@ impl FrameKind {
         FrameKind::FailoverDone,
         FrameKind::WitnessReport,
         FrameKind::WitnessAnswer,
+        FrameKind::PageRequest,
+        FrameKind::PageImage,
     ];
 
     pub fn from_u8(byte: u8) -> Option<FrameKind> {
@@ -464,7 +473,7 @@ mod tests {
             }
         }
         assert_eq!(FrameKind::from_u8(0), None);
-        assert_eq!(FrameKind::from_u8(14), None);
+        assert_eq!(FrameKind::from_u8(16), None);
     }
 
     #[test]
@@ -554,7 +563,7 @@ mod tests {
         frame[9] ^= 0x80;
         assert_eq!(parse(&frame), Err(FrameError::BadHeaderCrc));
         reseal(&mut frame);
-        assert_eq!(parse(&frame), Err(FrameError::UnsupportedVersion { found: 0x8002, min: 1, max: 2 }));
+        assert_eq!(parse(&frame), Err(FrameError::UnsupportedVersion { found: 0x8003, min: 1, max: 3 }));
     }
 
     #[test]
@@ -584,7 +593,7 @@ mod tests {
             (11, 2, FrameError::BadFlags(2)),
             (11, 0x81, FrameError::BadFlags(0x81)),
             (63, 1, FrameError::ReservedNotZero),
-            (8, 3, FrameError::UnsupportedVersion { found: 3, min: 1, max: 2 }),
+            (8, 4, FrameError::UnsupportedVersion { found: 4, min: 1, max: 3 }),
         ];
         for (at, value, expected) in cases {
             let mut bad = frame.clone();

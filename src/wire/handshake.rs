@@ -758,14 +758,14 @@ mod tests {
 
     #[test]
     fn disjoint_versions_are_refused_naming_both_ranges() {
-        // A future dialer speaking 3..=4 (its HELLO still travels as version 1).
-        let future = hello_body(VersionRange { min: 3, max: 4 }, SEGMENT, false, &[9; 32]);
+        // A future dialer speaking 4..=5 (its HELLO still travels as version 1).
+        let future = hello_body(VersionRange { min: 4, max: 5 }, SEGMENT, false, &[9; 32]);
         let hello = handshake_frame(1, FrameKind::Hello, DB, EPOCH, &future);
         let mut acceptor = Acceptor::new(KEY, [2; 32]);
         let (h, b) = open(&hello);
         let AcceptorStep::Refuse { frame, error } = acceptor.on_frame(&h, &b).unwrap() else { panic!("not refused") };
         let expected =
-            "no common protocol version: this endpoint speaks versions 1 to 2, the peer speaks versions 3 to 4";
+            "no common protocol version: this endpoint speaks versions 1 to 3, the peer speaks versions 4 to 5";
         assert_eq!(error.to_string(), expected);
         let (h, b) = open(&frame);
         assert_eq!((h.kind, h.version, h.db_id), (FrameKind::Refuse, PROTOCOL_VERSION_MIN, DB));
@@ -820,11 +820,12 @@ mod tests {
         // A dialer holding the wrong key gets past nothing: its proof is refused.
         let mut acceptor = Acceptor::new(KEY, [2; 32]);
         let (wrong, hello) = Dialer::start(b"another key entirely, 0123456", DB, EPOCH, SEGMENT, false, [1; 32]);
-        let transcript = Transcript { db_id: DB, epoch: EPOCH, version: 2, hello_body: &wrong.hello_body };
+        let transcript =
+            Transcript { db_id: DB, epoch: EPOCH, version: PROTOCOL_VERSION, hello_body: &wrong.hello_body };
         let proof = transcript.dialer_mac(&wrong.keyed, &[2; 32]).finalize().into_bytes();
         let (h, b) = open(&hello);
         acceptor.on_frame(&h, &b).unwrap();
-        let (h, b) = open(&handshake_frame(2, FrameKind::Proof, DB, EPOCH, &proof));
+        let (h, b) = open(&handshake_frame(PROTOCOL_VERSION, FrameKind::Proof, DB, EPOCH, &proof));
         assert_eq!(acceptor.on_frame(&h, &b), Err(HandshakeError::WrongKey));
     }
 
@@ -903,7 +904,11 @@ mod tests {
             (FrameHeader { epoch: Epoch(6), ..h }, HandshakeError::WrongEpoch { expected: EPOCH, found: Epoch(6) }),
             (
                 FrameHeader { version: 1, ..h },
-                HandshakeError::FrameVersionMismatch { kind: FrameKind::Challenge, found: 1, negotiated: 2 },
+                HandshakeError::FrameVersionMismatch {
+                    kind: FrameKind::Challenge,
+                    found: 1,
+                    negotiated: PROTOCOL_VERSION,
+                },
             ),
         ] {
             let (mut fresh, _) = Dialer::start(KEY, DB, EPOCH, SEGMENT, false, [1; 32]);
@@ -914,11 +919,14 @@ mod tests {
             Dialer::start_with_versions(KEY, DB, EPOCH, SEGMENT, false, [1; 32], VersionRange { min: 1, max: 1 });
         assert_eq!(
             narrow.on_frame(&h, &b),
-            Err(HandshakeError::VersionNotOffered { chosen: 2, offered: VersionRange { min: 1, max: 1 } })
+            Err(HandshakeError::VersionNotOffered {
+                chosen: PROTOCOL_VERSION,
+                offered: VersionRange { min: 1, max: 1 }
+            })
         );
         // READY for another database.
         let DialerStep::Send(_) = dialer.on_frame(&h, &b).unwrap() else { panic!() };
-        let (h, b) = open(&encode_ready(2, DbId(5), EPOCH, &INFO));
+        let (h, b) = open(&encode_ready(PROTOCOL_VERSION, DbId(5), EPOCH, &INFO));
         assert_eq!(dialer.on_frame(&h, &b), Err(HandshakeError::WrongDatabase { expected: DB, found: DbId(5) }));
     }
 

@@ -25,10 +25,12 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::ring::{Completion, CompletionKind, Ring};
+use crate::mirroring::page_rewind::{self, RewindList};
 use crate::mirroring::redo_pipeline::{RedoPipeline, RedoRecord};
 use crate::mirroring::session::{Command, Event, MirroringState, PrincipalSession, SafetyLevel};
 use crate::mirroring::settings::{self, MirroringSettings, Role};
 use crate::server::resp::Reply;
+use crate::store::page::PageId;
 use crate::store::redo;
 use crate::wal::log_writer::ShippedBatch;
 use crate::wal::record::{self, RecordCheck};
@@ -189,6 +191,9 @@ pub(super) struct PrincipalLink {
     rejoin_refused: Option<String>,
     /// A manual failover in progress (PENDING_FAILOVER).
     failover: Option<Failover>,
+    /// Pages a rejoining mirror asked for (page rewind), to answer on this connection.
+    page_requests: VecDeque<PageId>,
+    page_requests_conn: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -228,6 +233,14 @@ pub(super) struct MirrorLink {
     /// principal checks it when it connects.
     tails: VecDeque<(Lsn, LogTail)>,
     tail_hardened: LogTail,
+    /// A rejoin's page rewind in progress (`mirroring::page_rewind`): until every listed page is
+    /// fetched, nothing the principal ships is appended and nothing is redone.
+    rewind: Option<RewindList>,
+    /// The connection the pages were asked on.
+    rewind_asked_on: Option<u64>,
+    rewind_data: Option<crate::store::data_file::DataFile>,
+    /// Pages rewound by this link.
+    rewound_pages: u64,
 }
 
 /// A database's connection to the witness and what the witness last said.
@@ -385,6 +398,8 @@ impl ServerShard {
             bytes_sent: 0,
             rejoin_refused: None,
             failover: None,
+            page_requests: VecDeque::new(),
+            page_requests_conn: None,
         })))
     }
 
@@ -421,6 +436,13 @@ impl ServerShard {
             .map(|(kind, body, end_lsn)| RedoRecord { kind, body, end_lsn })
             .collect();
         let hardened = database.log.lsn_hardened();
+        let rewind = RewindList::load(database.dir())?;
+        if let Some(list) = &rewind {
+            eprintln!(
+                "mirrorlog: database {db}: a page rewind is pending: {} page(s) to fetch from the principal",
+                list.pages.len()
+            );
+        }
         // Everything appended is hardened here (at start-up, and when a principal hands over).
         let tail_hardened = database
             .log
@@ -447,6 +469,10 @@ impl ServerShard {
             failure: None,
             tails: VecDeque::new(),
             tail_hardened,
+            rewind,
+            rewind_asked_on: None,
+            rewind_data: None,
+            rewound_pages: 0,
         })))
     }
 
@@ -1131,6 +1157,9 @@ impl ServerShard {
     /// is caught up to its start, and starts pending sends.
     pub(super) fn after_submit(&mut self, ring: &mut Ring) -> Result<()> {
         for db in 0..self.links.len() {
+            self.serve_page_requests(db);
+        }
+        for db in 0..self.links.len() {
             let Some(Link::Principal(link)) = self.links[db].as_mut() else { continue };
             let database = self.dbs[db].as_mut().expect("owned");
             for batch in database.log.take_shipped() {
@@ -1416,6 +1445,26 @@ impl ServerShard {
                 }
                 _ => Err("an unexpected FAILOVER_DONE".into()),
             },
+            (Some(Link::Principal(link)), FrameKind::PageRequest) => {
+                if link.conn != Some(id) {
+                    return Err("a PAGE_REQUEST on a connection that was replaced".into());
+                }
+                let pages = page_rewind::decode_page_request(body)?;
+                if link.page_requests_conn != Some(id) {
+                    link.page_requests.clear();
+                    link.page_requests_conn = Some(id);
+                }
+                eprintln!("mirrorlog: database {db}: the mirror asks for {} page(s) to rewind", pages.len());
+                link.page_requests.extend(pages);
+                self.serve_page_requests(db);
+                Ok(true)
+            }
+            (Some(Link::Mirror(link)), FrameKind::PageImage) => {
+                if link.conn != Some(id) || link.rewind_asked_on != Some(id) {
+                    return Err("a PAGE_IMAGE on a connection that did not ask for it".into());
+                }
+                self.mirror_page_image(id, db, body)
+            }
             (_, FrameKind::Refuse) => Err(format!("the partner refused: {}", String::from_utf8_lossy(body))),
             (_, kind) => Err(format!("unexpected {kind:?} frame")),
         }
@@ -1513,7 +1562,142 @@ impl ServerShard {
                 if let Some(old) = old {
                     self.close_peer(old, "replaced by a new connection from the principal");
                 }
+                self.ask_for_rewind_pages(id, db, version);
             }
+        }
+    }
+
+    /// A rejoin's page rewind is pending: asks the principal, on connection `id`, for every page
+    /// still listed.
+    fn ask_for_rewind_pages(&mut self, id: u64, db: usize, version: u16) {
+        let Some(Link::Mirror(link)) = self.links[db].as_mut() else { return };
+        let Some(list) = &link.rewind else { return };
+        if version < frame::PROTOCOL_VERSION_REWIND {
+            let reason = format!(
+                "this mirror must rewind {} page(s) first, which protocol version {version} cannot do; upgrade the principal",
+                list.pages.len()
+            );
+            eprintln!("mirrorlog: database {db}: {reason}");
+            self.close_peer(id, &reason);
+            return;
+        }
+        let ids: Vec<PageId> = list.pages.iter().copied().collect();
+        link.rewind_asked_on = Some(id);
+        let epoch = self.dbs[db].as_ref().expect("owned").log.epoch();
+        let Some(conn) = self.peers.get_mut(&id) else { return };
+        for chunk in ids.chunks(page_rewind::PAGE_REQUEST_IDS_MAX) {
+            let body = page_rewind::encode_page_request(chunk);
+            let bytes = frame::encode_frame(
+                version,
+                FrameKind::PageRequest,
+                db_id_of(db),
+                epoch,
+                Lsn::ZERO,
+                Lsn::ZERO,
+                &body,
+                false,
+            );
+            conn.out.push_back(Outgoing::Bytes(bytes));
+        }
+        eprintln!("mirrorlog: database {db}: asked the principal for {} page(s) to rewind", ids.len());
+    }
+
+    /// A PAGE_IMAGE of a rejoin's page rewind: the image is written in place (an absent page is
+    /// zeroed). Once the last listed page is written, the data file is synced, the list removed,
+    /// and the connection closed: the principal reconnects and ships from the cut.
+    fn mirror_page_image(&mut self, id: u64, db: usize, body: &[u8]) -> std::result::Result<bool, String> {
+        let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
+        let Some(Link::Mirror(link)) = self.links[db].as_mut() else { unreachable!() };
+        let Some(list) = link.rewind.as_mut() else {
+            return Err("a PAGE_IMAGE, but no page rewind is pending".into());
+        };
+        let (page, image) = page_rewind::decode_page_image(body, db_id_of(db))?;
+        if !list.pages.contains(&page) {
+            return Err(format!("a PAGE_IMAGE of {page}, which this mirror did not ask for"));
+        }
+        if link.rewind_data.is_none() {
+            let data = crate::store::data_file::DataFile::open(&dir.join("data.pages"), db_id_of(db))
+                .map_err(|e| format!("cannot open the data file to rewind pages: {e}"))?;
+            link.rewind_data = Some(data);
+        }
+        let data = link.rewind_data.as_mut().expect("opened above");
+        let written = match image {
+            Some(image) => {
+                let mut buf = AlignedBuf::zeroed(crate::store::page::PAGE_SIZE);
+                buf.copy_from_slice(image);
+                data.write_page(&mut buf)
+            }
+            None => data.write_unwritten(page),
+        };
+        written.map_err(|e| format!("cannot write the rewound {page}: {e}"))?;
+        list.pages.remove(&page);
+        link.rewound_pages += 1;
+        if !list.pages.is_empty() {
+            return Ok(true);
+        }
+        let data = link.rewind_data.take().expect("opened above");
+        let finished = data.sync().and_then(|()| link.rewind.take().expect("pending").remove());
+        if let Err(e) = finished {
+            // A failed fdatasync is fatal: the pages may be lost; the list stays for a restart.
+            let reason = format!("finishing the page rewind failed: {e}");
+            link.failure = Some(reason.clone());
+            return Err(reason);
+        }
+        link.rewind_asked_on = None;
+        eprintln!(
+            "mirrorlog: database {db}: every page is rewound; the principal ships from the cut once it reconnects"
+        );
+        self.close_peer(id, "pages rewound: reconnect and ship from the cut");
+        Ok(true)
+    }
+
+    /// Answers a rejoining mirror's PAGE_REQUEST frames: each page's current image, committed and
+    /// hardened (a page a transaction is appending, or whose last change is not hardened yet,
+    /// waits), sealed; or absent if this database never wrote it.
+    pub(super) fn serve_page_requests(&mut self, db: usize) {
+        let Some(Link::Principal(link)) = self.links[db].as_mut() else { return };
+        let Some(id) = link.page_requests_conn else { return };
+        let Some(conn) = self.peers.get_mut(&id).filter(|c| c.ready() && !c.closed) else {
+            link.page_requests.clear();
+            link.page_requests_conn = None;
+            return;
+        };
+        let database = self.dbs[db].as_mut().expect("owned");
+        let version = conn.version();
+        let mut failure = None;
+        while let Some(&page) = link.page_requests.front() {
+            if conn.out.len() >= PEER_SEND_QUEUE_MAX || database.commit_in_progress() {
+                break;
+            }
+            let image = match database.pool().read(page) {
+                Ok(p) => Some(p.to_vec()),
+                Err(Error::PageCorrupt(crate::store::page::PageError::Unwritten(_))) => None,
+                Err(e) => {
+                    failure = Some(format!("cannot send {page} for a page rewind: {e}"));
+                    break;
+                }
+            };
+            if image.is_some() && database.pool().barrier(page) > database.log.lsn_hardened() {
+                break; // its last change is not hardened yet: after the next log write
+            }
+            let body = match image {
+                Some(mut image) => {
+                    crate::store::page::seal(&mut image, db_id_of(db));
+                    page_rewind::encode_page_image(page, Some(&image))
+                }
+                None => page_rewind::encode_page_image(page, None),
+            };
+            let lsn = database.log.lsn_hardened();
+            let epoch = database.log.epoch();
+            let bytes = frame::encode_frame(version, FrameKind::PageImage, db_id_of(db), epoch, lsn, lsn, &body, false);
+            conn.out.push_back(Outgoing::Bytes(bytes));
+            link.page_requests.pop_front();
+        }
+        if let Some(reason) = failure {
+            eprintln!("mirrorlog: database {db}: {reason}");
+            link.page_requests.clear();
+            link.page_requests_conn = None;
+            self.close_peer(id, &reason);
         }
     }
 
@@ -1521,6 +1705,12 @@ impl ServerShard {
     fn mirror_receive(&mut self, db: usize, header: &FrameHeader, body: &[u8]) -> std::result::Result<bool, String> {
         let database = self.dbs[db].as_mut().expect("owned");
         let Some(Link::Mirror(link)) = self.links[db].as_mut() else { unreachable!() };
+        if link.rewind.is_some() {
+            // A page rewind is pending: the log stays at the cut (so a restart's redo never
+            // applies a newer record to a page still to be fetched); the principal ships this
+            // again after the rewind, when it reconnects.
+            return Ok(true);
+        }
         let db_id = db_id_of(db);
         let mut at = 0usize;
         let mut lsn = header.lsn_from;
@@ -1623,7 +1813,7 @@ impl ServerShard {
         let hardened = database.log.lsn_hardened();
         let Some(Link::Mirror(link)) = self.links[db].as_mut() else { return };
         let Some(pipeline) = link.pipeline.as_mut() else { return };
-        if link.failure.is_some() {
+        if link.failure.is_some() || link.rewind.is_some() {
             return;
         }
         let mut failure = None;
@@ -1678,6 +1868,12 @@ impl ServerShard {
                         Some(Ok(true)) | None => {
                             let record = link.pending.pop_front().expect("front");
                             link.pending_bytes = link.pending_bytes.saturating_sub(record.body.len());
+                            if link.tx.is_empty() {
+                                // Between transactions: everything up to here is dispatched, so
+                                // the watermark may pass the record (an idle log's tail is
+                                // CHECKPOINT records, with nothing to redo).
+                                link.lsn_dispatched = record.end_lsn;
+                            }
                         }
                         Some(Ok(false)) => break,
                         Some(Err(e)) => {
@@ -2040,6 +2236,8 @@ impl ServerShard {
                 line("frames_received", link.frames_received.to_string());
                 line("frames_rejected", link.frames_rejected.to_string());
                 line("redo_failure", link.failure.clone().unwrap_or_default());
+                line("rewind_pages_left", link.rewind.as_ref().map_or(0, |r| r.pages.len()).to_string());
+                line("rewound_pages", link.rewound_pages.to_string());
                 line("checkpoint_lsn", database.checkpoint_lsn().0.to_string());
             }
         }
@@ -2343,15 +2541,22 @@ impl ServerShard {
     /// the new principal never had (none was acknowledged under SAFETY FULL); they are cut and
     /// kept in a file, the database reopens as a mirror copy at `at`, and the new principal ships
     /// it the rest. Under SAFETY FULL no page on disk is newer than what the mirror hardened, so
-    /// nothing needs rewinding; if a page is (the principal ran exposed), the rejoin is refused.
+    /// nothing needs rewinding; pages that are (the principal ran exposed) are fetched from the
+    /// new principal first (`mirroring::page_rewind`).
     fn rejoin(&mut self, ring: &mut Ring, db: usize, by: Epoch, at: Lsn) -> Result<()> {
         let Some(Link::Principal(link)) = self.links[db].as_ref() else { return Ok(()) };
         if link.rejoin_refused.is_some() {
             return Ok(());
         }
         let database = self.dbs[db].as_ref().expect("owned");
-        if database.commit_in_progress() || database.log.write_in_flight() || database.log.has_unwritten() {
-            self.pending_rejoins.push((db, by, at)); // after the write in flight
+        if database.commit_in_progress()
+            || database.log.write_in_flight()
+            || database.log.has_unwritten()
+            || database.page_writes_in_flight() > 0
+        {
+            // After the writes in flight (a page write landing after the scan below could
+            // escape the rewind; its completion must not reach the reopened database).
+            self.pending_rejoins.push((db, by, at));
             return Ok(());
         }
         let end = database.log.lsn_hardened();
@@ -2360,20 +2565,10 @@ impl ServerShard {
                 "this log ends at {end}, before the failover LSN {at}: it lacks log the new principal has (restore it from a backup)"
             )));
         }
-        // Pages newer than the cut would need rewinding (not built): refuse rather than diverge.
-        let data_path = database.dir().join("data.pages");
-        let data = crate::store::data_file::DataFile::open(&data_path, db_id_of(db))?;
-        let mut page = AlignedBuf::zeroed(crate::store::page::PAGE_SIZE);
-        for id in 0..data.capacity_pages() {
-            if data.read_page(crate::store::page::PageId(id), &mut page)?.is_ok()
-                && crate::store::page::page_lsn(&page) > at
-            {
-                return Err(Error::Mirroring(format!(
-                    "page {id} holds changes past the failover LSN {at} (written while the session ran exposed); rewinding pages is not built"
-                )));
-            }
-        }
-        drop(data);
+        // Pages holding changes past the cut (written while the session ran exposed) are fetched
+        // from the new principal once connected; the list is persisted before the log is cut.
+        let dir = database.dir().to_path_buf();
+        let rewind = page_rewind::pages_past(&dir.join("data.pages"), db_id_of(db), at)?;
         // What is cut: count its transactions while the log is still open.
         let mut transactions = 0u64;
         let mut pos = at;
@@ -2395,7 +2590,6 @@ impl ServerShard {
         if let Some(id) = old.conn {
             self.close_peer(id, "rejoining as mirror");
         }
-        let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
         let config = crate::store::database::DatabaseConfig {
             dir: dir.clone(),
             db_id: db_id_of(db),
@@ -2407,6 +2601,15 @@ impl ServerShard {
         // Close the log and the pages (its dirty pages hold nothing the new principal lacks
         // that is worth keeping: they are dropped), then cut the log.
         self.dbs[db] = None;
+        if !rewind.is_empty() {
+            RewindList::store(&dir, at, &rewind)?;
+        }
+        // A checkpoint taken past the cut wrote every change up to the cut: redo starts at the
+        // cut then (the log past it is not this history any more).
+        let control = crate::store::control::ControlFile::new(&dir, db_id_of(db));
+        if control.read()? > at {
+            control.write(at)?;
+        }
         let cut = crate::wal::truncate::truncate_after(&dir.join("log"), at)?;
         let file = format!("discarded-{}-{}.log", at.0, end.0);
         std::fs::write(dir.join(&file), &cut).map_err(|e| Error::io(format!("write {file}"), e))?;
@@ -2427,9 +2630,10 @@ impl ServerShard {
         let link = self.mirror_link(db, settings)?;
         self.links[db] = Some(link);
         eprintln!(
-            "mirrorlog: database {db}: REJOINED as mirror at role sequence {} from {at}; discarded {}",
+            "mirrorlog: database {db}: REJOINED as mirror at role sequence {} from {at}; discarded {}; {} page(s) to rewind",
             by.0,
-            if end > at { discarded } else { "nothing".to_string() }
+            if end > at { discarded } else { "nothing".to_string() },
+            rewind.len()
         );
         self.release_dbs.push(db);
         Ok(())
