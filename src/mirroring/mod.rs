@@ -5,3 +5,4 @@ pub mod redo_pipeline;
 pub mod redo_ring;
 pub mod session;
 pub mod settings;
+pub mod witness_client;

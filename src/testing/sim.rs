@@ -20,8 +20,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::mirroring::session::{Command, Event, MirroringState, PrincipalSession, SafetyLevel};
+use crate::mirroring::witness_client::{principal_lost, PartnerView, WitnessClient};
 use crate::wal::Lsn;
-use crate::witness::state::{Report, ReportRole, SessionKey, Witness};
+use crate::witness::state::{Answer, Report, ReportRole, SessionKey, Witness};
 
 /// Bugs planted on purpose, each of which the invariants must catch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,12 +120,8 @@ struct Partner {
     principal_synchronized: bool,
     /// Principal: when the mirror was last heard and what it hardened.
     heard_mirror: Option<u64>,
-    lease_until: u64,
-    exposure_recorded: bool,
-    /// The first report of the current exposure (see the server's `WitnessLink`).
-    exposed_since_report: Option<u64>,
-    reports_sent: BTreeMap<u64, u64>,
-    next_report: u64,
+    /// The partner's side of the witness protocol: the server's own code.
+    witness: WitnessClient,
     /// Commits waiting for their answer: (end index, id).
     waiting: VecDeque<(usize, u64)>,
     /// A principal that restarted after a crash resends from where its log was cut until the
@@ -148,11 +145,7 @@ impl Partner {
             heard_principal: 0,
             principal_synchronized: false,
             heard_mirror: None,
-            lease_until: 0,
-            exposure_recorded: false,
-            exposed_since_report: None,
-            reports_sent: BTreeMap::new(),
-            next_report: 1,
+            witness: WitnessClient::new(),
             waiting: VecDeque::new(),
             resend_from: None,
             incarnation: 0,
@@ -289,8 +282,7 @@ impl Sim {
         p.incarnation += 1;
         p.flush = None;
         p.waiting.clear();
-        p.lease_until = 0;
-        p.exposure_recorded = false;
+        p.witness.on_restart();
         p.heard_mirror = None;
         p.heard_principal = self.now;
         let safety = p.session.safety();
@@ -326,7 +318,7 @@ impl Sim {
             }
             Msg::Ack { rs, hardened, tail } => self.on_ack(to, rs, hardened, tail),
             Msg::Answer { number, granted, exposure_recorded, role_sequence, .. } => {
-                self.on_answer(to, number, granted, exposure_recorded, role_sequence)
+                self.on_answer(to, number, Answer { exposure_recorded, granted, role_sequence })
             }
             Msg::Report { .. } => {}
         }
@@ -423,40 +415,37 @@ impl Sim {
         p.session.on_event(Event::Acked { lsn: Lsn(hardened as u64), now: self.base + Duration::from_millis(now) });
     }
 
-    fn on_answer(&mut self, n: usize, number: u64, granted: Option<u64>, exposure_recorded: bool, role_sequence: u64) {
+    fn on_answer(&mut self, n: usize, number: u64, answer: Answer) {
         let p = &mut self.nodes[n];
-        if let Some(sent) = p.reports_sent.remove(&number) {
-            p.lease_until = sent + TIMEOUT_MS / 2;
+        let role = match p.role {
+            Role::Principal => ReportRole::Principal,
+            Role::Mirror => ReportRole::Mirror,
+            Role::Fenced => return,
+        };
+        let effects = p.witness.on_answer(number, answer, role, p.rs, Duration::from_millis(TIMEOUT_MS));
+        if effects.fence.is_some() {
+            p.role = Role::Fenced;
         }
-        p.exposure_recorded = exposure_recorded && p.exposed_since_report.is_some_and(|first| number >= first);
-        match p.role {
-            Role::Principal if role_sequence > p.rs => p.role = Role::Fenced,
-            Role::Mirror => {
-                if let Some(rs) = granted.filter(|&g| g == p.rs + 1) {
-                    // Automatic failover: serve at the granted role sequence with the hardened log.
-                    p.role = Role::Principal;
-                    p.rs = rs;
-                    p.log.truncate(p.hardened);
-                    p.flush = None;
-                    p.session = PrincipalSession::new(SafetyLevel::Full, Duration::from_millis(TIMEOUT_MS), None);
-                    p.lease_until = 0;
-                    p.exposure_recorded = false;
-                    self.failovers += 1;
-                    let missing: Vec<u64> = self
-                        .acknowledged
-                        .iter()
-                        .filter(|(id, _)| !self.nodes[n].log.iter().any(|(_, i)| i == *id))
-                        .map(|(id, _)| *id)
-                        .collect();
-                    if let Some(id) = missing.first() {
-                        self.violation(format!(
-                            "acknowledged commit {id} is missing from the new principal (role sequence {rs}, seed {})",
-                            self.seed
-                        ));
-                    }
-                }
+        if let Some(rs) = effects.take_over {
+            // Automatic failover: serve at the granted role sequence with the hardened log.
+            p.role = Role::Principal;
+            p.rs = rs;
+            p.log.truncate(p.hardened);
+            p.flush = None;
+            p.session = PrincipalSession::new(SafetyLevel::Full, Duration::from_millis(TIMEOUT_MS), None);
+            self.failovers += 1;
+            let missing: Vec<u64> = self
+                .acknowledged
+                .iter()
+                .filter(|(id, _)| !self.nodes[n].log.iter().any(|(_, i)| i == *id))
+                .map(|(id, _)| *id)
+                .collect();
+            if let Some(id) = missing.first() {
+                self.violation(format!(
+                    "acknowledged commit {id} is missing from the new principal (role sequence {rs}, seed {})",
+                    self.seed
+                ));
             }
-            _ => {}
         }
     }
 
@@ -490,36 +479,26 @@ impl Sim {
         // Reports to the witness every 20 ms.
         if now % 20 == n as u64 * 10 {
             let p = &mut self.nodes[n];
-            let report = match p.role {
-                Role::Principal => Report {
-                    role: ReportRole::Principal,
+            let view = match p.role {
+                Role::Principal => PartnerView::Principal {
                     role_sequence: p.rs,
                     synchronized: p.session.state() == MirroringState::Synchronized,
                     exposed: p.session.is_exposed(),
-                    wants_failover: false,
                 },
-                Role::Mirror => Report {
-                    role: ReportRole::Mirror,
+                Role::Mirror => PartnerView::Mirror {
                     role_sequence: p.rs,
                     synchronized: p.principal_synchronized,
-                    exposed: false,
-                    wants_failover: now.saturating_sub(p.heard_principal) >= TIMEOUT_MS && p.principal_synchronized,
+                    // The simulated mirror has no connection to lose, only silence.
+                    principal_lost: principal_lost(
+                        false,
+                        self.base + Duration::from_millis(p.heard_principal),
+                        t,
+                        Duration::from_millis(TIMEOUT_MS),
+                    ),
                 },
                 Role::Fenced => return,
             };
-            let number = p.next_report;
-            p.next_report += 1;
-            if report.exposed {
-                p.exposed_since_report.get_or_insert(number);
-            } else {
-                p.exposed_since_report = None;
-                p.exposure_recorded = false;
-            }
-            p.reports_sent.insert(number, now);
-            while p.reports_sent.len() > 64 {
-                let first = *p.reports_sent.keys().next().expect("not empty");
-                p.reports_sent.remove(&first);
-            }
+            let (number, report) = p.witness.report(view, 0, t);
             self.send(n, 2, Msg::Report { from: n, report, number });
         }
     }
@@ -561,14 +540,13 @@ impl Sim {
         // Answer the commits the rule allows.
         let p = &mut self.nodes[n];
         let local = Lsn(p.hardened as u64);
-        let mut allowed = p.session.commit_lsn(local);
-        if p.session.is_exposed() && !(p.exposure_recorded && now < p.lease_until) {
-            allowed = local.min(p.session.lsn_mirror_hardened()); // exposure needs the witness
-        }
+        // The server's rules: running exposed needs the witness's record and lease; no mirror and
+        // no lease is no quorum.
+        let mut allowed = p.witness.commit_lsn(&p.session, local, t);
         if self.planted == Some(PlantedBug::AckBeforeMirrorHardened) {
             allowed = local;
         }
-        let no_quorum = !p.session.is_connected() && now >= p.lease_until;
+        let no_quorum = p.witness.has_no_quorum(p.session.is_connected(), t);
         if no_quorum {
             return;
         }

@@ -29,6 +29,7 @@ use crate::mirroring::page_rewind::{self, RewindList};
 use crate::mirroring::redo_pipeline::{RedoPipeline, RedoRecord};
 use crate::mirroring::session::{Command, Event, MirroringState, PrincipalSession, SafetyLevel};
 use crate::mirroring::settings::{self, MirroringSettings, Role};
+use crate::mirroring::witness_client::{principal_lost, PartnerView, WitnessClient};
 use crate::server::resp::Reply;
 use crate::store::page::PageId;
 use crate::store::redo;
@@ -37,6 +38,7 @@ use crate::wal::record::{self, RecordCheck};
 use crate::wal::{AppendError, DbId, Epoch, Lsn, RecordKind};
 use crate::wire::frame::{self, FrameHeader, FrameKind, Parsed};
 use crate::wire::handshake::{self, Acceptor, AcceptorStep, Dialer, DialerStep, LogTail, ReadyInfo};
+use crate::witness::state::ReportRole;
 
 use super::{token, ServerShard, ID_MASK, KIND_SHIFT};
 
@@ -249,37 +251,17 @@ pub(super) struct WitnessLink {
     conn: Option<u64>,
     next_dial: Instant,
     last_dial_error: Option<String>,
-    /// Number of the next report, and when recent ones were sent (a lease counts from the send
-    /// time of the answered report).
-    next_report: u64,
-    sent: VecDeque<(u64, Instant)>,
-    lease_until: Option<Instant>,
-    exposure_recorded: bool,
-    /// The first report of the current exposure (reports since it said exposed): only an answer
-    /// to one of those records *this* exposure; an older answer may describe an exposure the
-    /// witness has since cleared.
-    exposed_since_report: Option<u64>,
-    role_sequence_seen: u64,
+    /// The protocol's state: reports, lease, exposure record (shared with the simulator).
+    client: WitnessClient,
 }
 
 impl WitnessLink {
     pub(super) fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            conn: None,
-            next_dial: Instant::now(),
-            last_dial_error: None,
-            next_report: 1,
-            sent: VecDeque::new(),
-            lease_until: None,
-            exposure_recorded: false,
-            exposed_since_report: None,
-            role_sequence_seen: 0,
-        }
+        Self { addr, conn: None, next_dial: Instant::now(), last_dial_error: None, client: WitnessClient::new() }
     }
 
     fn lease_valid(&self, now: Instant) -> bool {
-        self.lease_until.is_some_and(|until| now < until)
+        self.client.lease_valid(now)
     }
 }
 
@@ -480,15 +462,8 @@ impl ServerShard {
     pub(super) fn commit_lsn(&self, db: usize) -> Lsn {
         let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
         match (&self.links[db], &self.witness_links[db]) {
-            (Some(Link::Principal(link)), Some(w)) if link.session.is_exposed() => {
-                // With a witness, running exposed needs its record of it and a valid lease:
-                // otherwise a failover could lose what is answered here.
-                if w.exposure_recorded && w.lease_valid(Instant::now()) {
-                    hardened
-                } else {
-                    hardened.min(link.session.lsn_mirror_hardened())
-                }
-            }
+            // With a witness, running exposed needs its record of it and a valid lease.
+            (Some(Link::Principal(link)), Some(w)) => w.client.commit_lsn(&link.session, hardened, Instant::now()),
             (Some(Link::Principal(link)), _) => link.session.commit_lsn(hardened),
             _ => hardened,
         }
@@ -500,7 +475,7 @@ impl ServerShard {
         match (&self.links[db], &self.witness_links[db]) {
             (Some(Link::Principal(link)), Some(w)) => {
                 let mirror = link.conn.is_some_and(|id| self.peers.get(&id).is_some_and(|c| c.ready()));
-                !mirror && !w.lease_valid(Instant::now())
+                w.client.has_no_quorum(mirror, Instant::now())
             }
             _ => false,
         }
@@ -537,33 +512,25 @@ impl ServerShard {
         let database = self.dbs[db].as_ref().expect("owned");
         let own = self.endpoint_addr.map(|a| a.to_string()).unwrap_or_default();
         let timeout = self.config.mirroring.partner_timeout;
-        let (report, partner) = match &self.links[db] {
+        let (view, partner) = match &self.links[db] {
             Some(Link::Principal(link)) => (
-                crate::witness::state::Report {
-                    role: crate::witness::state::ReportRole::Principal,
+                PartnerView::Principal {
                     role_sequence: database.log.epoch().0,
                     synchronized: link.session.state() == MirroringState::Synchronized,
                     exposed: link.session.is_exposed(),
-                    wants_failover: false,
                 },
                 // The mirror's own endpoint (it says so in its pongs), not the address dialed,
                 // which may be a proxy: both partners must name the session alike.
                 link.settings.partner_endpoint.clone().unwrap_or_else(|| link.partner.to_string()),
             ),
-            Some(Link::Mirror(link)) => {
-                let principal_lost = link.conn.is_none() && now.saturating_duration_since(link.last_heard) >= timeout;
-                let synchronized = link.last_synchronized && link.principal_safety == Some(SafetyLevel::Full);
-                (
-                    crate::witness::state::Report {
-                        role: crate::witness::state::ReportRole::Mirror,
-                        role_sequence: database.log.epoch().0,
-                        synchronized,
-                        exposed: false,
-                        wants_failover: principal_lost && synchronized,
-                    },
-                    normalized_partner(&link.settings.partner),
-                )
-            }
+            Some(Link::Mirror(link)) => (
+                PartnerView::Mirror {
+                    role_sequence: database.log.epoch().0,
+                    synchronized: link.last_synchronized && link.principal_safety == Some(SafetyLevel::Full),
+                    principal_lost: principal_lost(link.conn.is_some(), link.last_heard, now, timeout),
+                },
+                normalized_partner(&link.settings.partner),
+            ),
             None => return,
         };
         if own.is_empty() || partner.is_empty() {
@@ -574,18 +541,7 @@ impl ServerShard {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        let number = w.next_report.max(clock);
-        w.next_report = number + 1;
-        if report.exposed {
-            w.exposed_since_report.get_or_insert(number);
-        } else {
-            w.exposed_since_report = None;
-            w.exposure_recorded = false;
-        }
-        w.sent.push_back((number, now));
-        while w.sent.len() > 64 {
-            w.sent.pop_front();
-        }
+        let (number, report) = w.client.report(view, clock, now);
         let body = crate::witness::report::encode_report(&crate::witness::report::ReportBody {
             report,
             own_endpoint: own,
@@ -622,27 +578,22 @@ impl ServerShard {
         let answer = crate::witness::report::decode_answer(body)?;
         let timeout = self.config.mirroring.partner_timeout;
         let ours = self.dbs[db].as_ref().expect("owned").log.epoch();
+        let role = match &self.links[db] {
+            Some(Link::Principal(_)) => ReportRole::Principal,
+            Some(Link::Mirror(_)) => ReportRole::Mirror,
+            None => return Ok(()),
+        };
         let Some(w) = self.witness_links[db].as_mut() else { return Ok(()) };
-        if let Some(&(_, sent)) = w.sent.iter().find(|(n, _)| *n == header.lsn_to.0) {
-            // The lease runs from when the answered report was sent, for half the partner
-            // timeout: it ends before the witness could grant a failover.
-            w.lease_until = Some(sent + timeout / 2);
+        let effects = w.client.on_answer(header.lsn_to.0, answer, role, ours.0, timeout);
+        let exposed_waiting = matches!(&self.links[db], Some(Link::Principal(l)) if l.session.is_exposed());
+        if exposed_waiting && w.client.exposure_recorded() {
+            self.release_dbs.push(db); // held commits may be answered now
         }
-        w.exposure_recorded =
-            answer.exposure_recorded && w.exposed_since_report.is_some_and(|first| header.lsn_to.0 >= first);
-        w.role_sequence_seen = answer.role_sequence;
-        let was_exposed_waiting = matches!(&self.links[db], Some(Link::Principal(l)) if l.session.is_exposed());
-        if was_exposed_waiting && answer.exposure_recorded {
-            self.release_dbs.push(db);
+        if let Some(by) = effects.fence {
+            self.pending_fences.push((db, Epoch(by)));
         }
-        match (&self.links[db], answer.granted) {
-            (Some(Link::Principal(_)), _) if answer.role_sequence > ours.0 => {
-                self.pending_fences.push((db, Epoch(answer.role_sequence)));
-            }
-            (Some(Link::Mirror(_)), Some(granted)) if granted == ours.0 + 1 => {
-                self.pending_auto_failovers.push((db, Epoch(granted)));
-            }
-            _ => {}
+        if let Some(granted) = effects.take_over {
+            self.pending_auto_failovers.push((db, Epoch(granted)));
         }
         Ok(())
     }
