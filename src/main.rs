@@ -209,6 +209,26 @@ enum BenchCommand {
     /// Commits through real servers: a principal and a mirror (SAFETY FULL or OFF) or a
     /// standalone server, N clients sending SET, beside the local and the pair floor.
     Commit(CommitBenchArgs),
+    /// Automatic failover: a principal, a mirror (SAFETY FULL) and a witness; the principal is
+    /// killed (SIGKILL) and the time to the first write acknowledged by the new principal is
+    /// measured; the killed server rejoins as mirror and the next run kills the other one.
+    Failover {
+        /// Failovers to measure.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// The partner timeout, in seconds (the target: failover within it + 0.5 s).
+        #[arg(long, default_value_t = 1.0)]
+        partner_timeout: f64,
+        /// Directory for the servers' data, the witness's and the logs (must support O_DIRECT).
+        #[arg(long, default_value = ".bench-failover")]
+        dir: PathBuf,
+        /// Print one JSON object per run and one for the summary instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Run the servers and the witness from this executable instead of this one.
+        #[arg(long)]
+        server_exe: Option<PathBuf>,
+    },
     /// Group commit: N committers each append one record and wait for it to harden, in a loop.
     Wal {
         /// Concurrent committers; a comma-separated list runs one row per count.
@@ -357,6 +377,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench(BenchCommand::Commit(args)) => bench_commit(args)?,
+        Command::Bench(BenchCommand::Failover { runs, partner_timeout, dir, json, server_exe }) => {
+            bench_failover(runs, partner_timeout, dir, json, server_exe)?
+        }
         Command::Witness { endpoint, data, endpoint_key_file, partner_timeout, sentinel } => {
             let sentinel = match sentinel.as_str() {
                 "none" => None,
@@ -543,6 +566,84 @@ fn bench_commit(args: CommitBenchArgs) -> anyhow::Result<()> {
     if !json {
         println!("p50/local = commit p50 / local floor p50 (the faster of the two methods); p50/pair = commit p50 / pair floor p50; redo queue = the mirror's redo_queue_bytes after the row");
     }
+    Ok(())
+}
+
+fn bench_failover(
+    runs: usize,
+    partner_timeout: f64,
+    dir: PathBuf,
+    json: bool,
+    server_exe: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use mirrorlog::bench::failover::{self, FailoverBenchConfig};
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(partner_timeout >= 1.0, "--partner-timeout is at least 1 second");
+    mirrorlog::io::probe::check_io_uring()?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    mirrorlog::io::probe::check_direct_io(&dir)?;
+    let config = FailoverBenchConfig {
+        exe: server_exe_or_this(server_exe)?,
+        dir,
+        runs,
+        partner_timeout: Duration::from_secs_f64(partner_timeout),
+    };
+    let target = config.partner_timeout + Duration::from_millis(500);
+    if !json {
+        println!(
+            "mirrorlog bench failover: {runs} runs, partner timeout {partner_timeout} s (target: failover within {:.1} s), data in {}",
+            target.as_secs_f64(),
+            config.dir.display()
+        );
+        println!(
+            "{:>4} {:>12} {:>14} {:>11} {:>12}",
+            "run", "failover ms", "writes before", "writes lost", "resync ms"
+        );
+    }
+    let summary = failover::run(&config, |i, run| {
+        if json {
+            println!(
+                "{{\"run\":{},\"failover_ms\":{:.1},\"writes_before\":{},\"writes_lost\":{},\"resync_ms\":{:.1}}}",
+                i + 1,
+                run.failover.as_secs_f64() * 1e3,
+                run.writes_before,
+                run.writes_lost,
+                run.resync.as_secs_f64() * 1e3
+            );
+        } else {
+            println!(
+                "{:>4} {:>12.1} {:>14} {:>11} {:>12.1}",
+                i + 1,
+                run.failover.as_secs_f64() * 1e3,
+                run.writes_before,
+                run.writes_lost,
+                run.resync.as_secs_f64() * 1e3
+            );
+        }
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+    })?;
+    let (median_ms, max_ms) = (summary.median.as_secs_f64() * 1e3, summary.max.as_secs_f64() * 1e3);
+    let lost: u64 = summary.runs.iter().map(|r| r.writes_lost).sum();
+    if json {
+        println!(
+            "{{\"runs\":{},\"partner_timeout_ms\":{:.0},\"failover_median_ms\":{median_ms:.1},\"failover_max_ms\":{max_ms:.1},\"target_ms\":{:.0}}}",
+            summary.runs.len(),
+            partner_timeout * 1e3,
+            target.as_secs_f64() * 1e3
+        );
+    } else {
+        println!(
+            "failover: median {median_ms:.1} ms, max {max_ms:.1} ms over {} runs; target {:.0} ms: {}",
+            summary.runs.len(),
+            target.as_secs_f64() * 1e3,
+            if summary.max <= target { "met" } else { "missed" }
+        );
+    }
+    anyhow::ensure!(
+        lost == 0,
+        "{lost} acknowledged write(s) missing on the new principals (SAFETY FULL must lose none)"
+    );
     Ok(())
 }
 

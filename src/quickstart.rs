@@ -72,7 +72,8 @@ pub fn run(config: &QuickstartConfig) -> Result<()> {
     let witness_port = next(mirror_endpoint_port, "endpoint-port")?;
     std::fs::create_dir_all(&config.dir).map_err(|e| Error::io(format!("create {}", config.dir.display()), e))?;
     let key = crate::bench::local_pair::endpoint_key_file(&config.dir)?;
-    let mut witness = start_witness(config, &key, loopback(witness_port))?;
+    let mut witness =
+        crate::bench::local_pair::start_witness(&config.exe, &config.dir, &key, loopback(witness_port), &[])?;
     pair_config.server_args = vec!["--witness".into(), format!("tcp://{}", loopback(witness_port))];
     println!("mirrorlog quickstart: witness on {} (pid {})", loopback(witness_port), witness.id());
     println!("mirrorlog quickstart: starting a mirror and a principal (SAFETY FULL) in {}", config.dir.display());
@@ -95,36 +96,6 @@ pub fn run(config: &QuickstartConfig) -> Result<()> {
     outcome.and(stopped)?;
     println!("mirrorlog quickstart: both stopped; data kept in {}", config.dir.display());
     Ok(())
-}
-
-/// Starts `mirrorlog witness` as a child that dies with this process.
-fn start_witness(config: &QuickstartConfig, key: &std::path::Path, addr: SocketAddr) -> Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    let log_path = config.dir.join("witness.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::io(format!("open {}", log_path.display()), e))?;
-    let mut command = std::process::Command::new(&config.exe);
-    command
-        .args(["witness", "--endpoint", &addr.to_string(), "--data"])
-        .arg(config.dir.join("witness"))
-        .arg("--endpoint-key-file")
-        .arg(key)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log);
-    // SAFETY: the closure only calls prctl(2), async-signal-safe, between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command.spawn().map_err(|e| Error::io(format!("start the witness: {} witness", config.exe.display()), e))
 }
 
 fn print_intro(pair: &LocalPair, config: &QuickstartConfig) {

@@ -165,6 +165,9 @@ pub struct ServerChild {
     endpoint: Option<SocketAddr>,
     log_path: PathBuf,
     exited: Option<ExitStatus>,
+    /// What it was started with, for `restart`.
+    args: Vec<String>,
+    core: Option<usize>,
 }
 
 impl ServerChild {
@@ -219,7 +222,8 @@ impl ServerChild {
         let mut child =
             command.spawn().context(|| format!("start {name}: {} serve {}", config.exe.display(), args.join(" ")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        let mut server = Self { name, child, addr: listen, endpoint: None, log_path, exited: None };
+        let mut server =
+            Self { name, child, addr: listen, endpoint: None, log_path, exited: None, args: args.clone(), core };
         let wants_endpoint = args.iter().any(|a| a == "--endpoint-key-file");
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -299,6 +303,34 @@ impl ServerChild {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The mirroring endpoint it reported, if started with a key.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+
+    /// SIGKILL by pid (a crash), and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        if self.exited.is_none() {
+            // SIGKILL (Child::kill) on our own unreaped child.
+            self.child.kill().context(|| format!("{}: SIGKILL", self.name))?;
+            self.exited = Some(self.child.wait().context(|| format!("{}: wait", self.name))?);
+        }
+        Ok(())
+    }
+
+    /// Starts it again after it exited, with the same arguments, on the same RESP address and
+    /// mirroring endpoint (its partner and the witness know it there). Its persisted mirroring
+    /// settings decide its role.
+    pub fn restart(&mut self, config: &PairConfig) -> Result<()> {
+        assert!(self.exited.is_some(), "restart of a running {}", self.name);
+        let mut args = self.args.clone();
+        if let (Some(endpoint), Some(i)) = (self.endpoint, args.iter().position(|a| a == "--endpoint")) {
+            args[i + 1] = endpoint.to_string();
+        }
+        *self = Self::start(self.name, config, self.addr, args, self.core)?;
+        Ok(())
     }
 
     pub fn log_path(&self) -> &Path {
@@ -540,6 +572,39 @@ impl LocalPair {
         let mirror = self.mirror.as_mut().map_or(Ok(()), |m| m.stop_cleanly(timeout));
         principal.and(mirror)
     }
+}
+
+/// Starts `EXE witness` on `addr` with data in `dir/witness`, the endpoint key `key` and `args`
+/// (e.g. `--partner-timeout`), its stderr appended to `dir/witness.log`; it dies with this
+/// process.
+pub fn start_witness(exe: &Path, dir: &Path, key: &Path, addr: SocketAddr, args: &[String]) -> Result<Child> {
+    let log_path = dir.join("witness.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .context(|| format!("open {}", log_path.display()))?;
+    let mut command = Command::new(exe);
+    command
+        .args(["witness", "--endpoint", &addr.to_string(), "--data"])
+        .arg(dir.join("witness"))
+        .arg("--endpoint-key-file")
+        .arg(key)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0);
+    // SAFETY: the closure only calls prctl(2), async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().context(|| format!("start the witness: {} witness", exe.display()))
 }
 
 /// `dir/endpoint.key`: kept if it already holds at least [`ENDPOINT_KEY_SIZE_MIN`] bytes,
