@@ -11,10 +11,15 @@
 //! ```text
 //! mark(lsn)        every worker, after all it was given before the mark, publishes lsn;
 //!                  lsn_redone = min over workers  (<= the last mark pushed <= lsn_hardened)
-//! checkpoint(lsn)  every worker writes its dirty pages, then counts the checkpoint done (and
-//!                  publishes lsn as a mark); once all have, checkpoint_complete fdatasyncs the
-//!                  file and returns Some(lsn): the caller may record the checkpoint durably
+//! checkpoint(lsn)  every worker writes the pages dirty when it reaches the checkpoint, then
+//!                  counts the checkpoint done (and publishes lsn as a mark); once all have,
+//!                  checkpoint_complete fdatasyncs the file and returns Some(lsn): the caller
+//!                  may record the checkpoint durably
 //! ```
+//! A worker writes a checkpoint's pages incrementally: one page every few records it redoes, and
+//! many at a time whenever its ring is empty. Redo goes on meanwhile (a page changed after the
+//! checkpoint item is written with those changes too: harmless), so a checkpoint never stops
+//! redo for the time it takes to write every dirty page.
 //! Failures: the first error of any worker (a read or write error, an undecodable record, a diff
 //! for a page that failed verification, an image holding another page) is kept; the failed worker
 //! drops its cache, writes nothing more and discards what follows (its marks too, so the
@@ -201,6 +206,8 @@ impl RedoPipeline {
                 shared: pipeline.shared.clone(),
                 ring,
                 failed: false,
+                checkpoint: None,
+                items_since_page_write: 0,
             };
             let thread = thread::Builder::new()
                 .name(format!("redo-{db_id}-{index}"))
@@ -444,7 +451,16 @@ struct Worker {
     shared: Arc<Shared>,
     ring: Consumer<Item>,
     failed: bool,
+    /// The checkpoint in progress: its LSN and the pages still to write (popped from the end).
+    checkpoint: Option<(Lsn, Vec<PageId>)>,
+    /// Items processed since the last checkpoint page write.
+    items_since_page_write: usize,
 }
+
+/// While a checkpoint is in progress, one of its pages is written every this many items redone.
+const CHECKPOINT_ITEMS_PER_PAGE: usize = 4;
+/// Pages of a checkpoint written in one go while the worker's ring is empty.
+const CHECKPOINT_PAGES_WHEN_IDLE: usize = 32;
 
 impl Worker {
     fn run(mut self) {
@@ -453,6 +469,13 @@ impl Worker {
                 return;
             }
             let Some(item) = self.ring.try_pop() else {
+                if self.checkpoint.is_some() && !self.failed {
+                    // Idle: the checkpoint's pages go out many at a time.
+                    if let Err(error) = self.checkpoint_step(CHECKPOINT_PAGES_WHEN_IDLE) {
+                        self.fail(error);
+                    }
+                    continue;
+                }
                 thread::park_timeout(WORKER_PARK_TIMEOUT);
                 continue;
             };
@@ -464,6 +487,15 @@ impl Worker {
             if !self.failed {
                 if let Err(error) = self.process(item) {
                     self.fail(error);
+                }
+            }
+            if self.checkpoint.is_some() && !self.failed {
+                self.items_since_page_write += 1;
+                if self.items_since_page_write >= CHECKPOINT_ITEMS_PER_PAGE {
+                    self.items_since_page_write = 0;
+                    if let Err(error) = self.checkpoint_step(1) {
+                        self.fail(error);
+                    }
                 }
             }
             let progress = &self.shared.workers[self.index];
@@ -487,12 +519,16 @@ impl Worker {
             Item::Record(record) => self.redo(&record)?,
             Item::Mark(lsn) => self.shared.workers[self.index].lsn_redone.store(lsn.0, Ordering::Release),
             Item::Checkpoint(lsn) => {
-                self.write_dirty()?;
-                let progress = &self.shared.workers[self.index];
-                progress.lsn_redone.fetch_max(lsn.0, Ordering::Release);
-                progress.checkpoints_done.fetch_add(1, Ordering::Release);
+                assert!(self.checkpoint.is_none(), "one checkpoint at a time (the dispatcher waits for the last)");
+                let mut dirty: Vec<PageId> = self.pages.iter().filter(|(_, p)| p.dirty).map(|(&id, _)| id).collect();
+                dirty.sort_unstable_by(|a, b| b.cmp(a)); // popped from the end: ascending
+                self.checkpoint = Some((lsn, dirty));
+                self.checkpoint_step(0)?;
             }
-            Item::Stop => self.write_dirty()?,
+            Item::Stop => {
+                self.write_dirty()?;
+                self.checkpoint_step(0)?; // every page is written: a checkpoint in progress is done
+            }
         }
         Ok(())
     }
@@ -570,6 +606,36 @@ impl Worker {
             if page.dirty {
                 write_page(&self.file, &self.path, self.db_id, id, &mut page.buf)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes up to `pages` more of the checkpoint's pages (those evicted meanwhile were written
+    /// then); once none is left, counts the checkpoint done.
+    fn checkpoint_step(&mut self, pages: usize) -> Result<()> {
+        let Some((lsn, left)) = self.checkpoint.as_mut() else { return Ok(()) };
+        let lsn = *lsn;
+        let mut written = 0;
+        while written < pages {
+            let Some(id) = left.pop() else { break };
+            if let Some(page) = self.pages.get_mut(&id).filter(|p| p.dirty) {
+                write_page(&self.file, &self.path, self.db_id, id, &mut page.buf)?;
+                page.dirty = false;
+                written += 1;
+            }
+        }
+        // Skip pages written meanwhile (evicted, or clean again), so that `done` is exact.
+        while let Some(&id) = left.last() {
+            if self.pages.get(&id).is_some_and(|p| p.dirty) {
+                break;
+            }
+            left.pop();
+        }
+        if left.is_empty() {
+            self.checkpoint = None;
+            let progress = &self.shared.workers[self.index];
+            progress.lsn_redone.fetch_max(lsn.0, Ordering::Release);
+            progress.checkpoints_done.fetch_add(1, Ordering::Release);
         }
         Ok(())
     }

@@ -66,6 +66,9 @@ const CLEAN_WRITES_IN_FLIGHT: usize = 16;
 const SPARE_IMAGES_MAX: usize = 64;
 /// Page writes a checkpoint keeps in flight at once.
 const PAGE_WRITES_IN_FLIGHT: usize = 64;
+/// Page writes an incremental checkpoint keeps in flight while commands run: fewer, so that log
+/// flushes do not queue behind many page writes at the device.
+const BACKGROUND_PAGE_WRITES_IN_FLIGHT: usize = 16;
 /// The low bits of a page write's token carry its frame index.
 pub const PAGE_WRITE_FRAME_MASK: u64 = (1 << 32) - 1;
 /// Low bits of a checkpoint token that mark the data file's fdatasync, not a page write (no
@@ -632,12 +635,12 @@ impl BufferPool {
         self.checkpoint_queue = queue.into();
     }
 
-    /// Submits writes of the checkpoint's pages, up to `PAGE_WRITES_IN_FLIGHT` in flight, in
+    /// Submits writes of the checkpoint's pages, up to `BACKGROUND_PAGE_WRITES_IN_FLIGHT` in flight, in
     /// flush barrier order; a page whose barrier the log (or, in SAFETY FULL, the mirror) has not
     /// reached waits, and so does a page a transaction is changing.
     pub fn submit_checkpoint_writes(&mut self, ring: &mut Ring, token: Token) -> Result<()> {
         let mut busy: Vec<usize> = Vec::new();
-        while self.writes_in_flight < PAGE_WRITES_IN_FLIGHT {
+        while self.writes_in_flight < BACKGROUND_PAGE_WRITES_IN_FLIGHT {
             let Some(frame) = self.checkpoint_queue.pop_front() else { break };
             let f = &self.frames[frame];
             if !f.checkpoint {
