@@ -85,6 +85,16 @@ enum Command {
         #[arg(long, hide = true)]
         server_exe: Option<PathBuf>,
     },
+    /// A fault-injecting TCP proxy on loopback, for experiments by hand or from scripts: give a
+    /// partner (or the witness) the printed address instead of the target's, then type faults on
+    /// standard input, one per line: heal, cut, blackhole, blackhole-to-target,
+    /// blackhole-from-target, delay MS, flip-to-target, flip-from-target; `stats` prints the
+    /// traffic so far. End of input stops it.
+    FaultProxy {
+        /// Where the proxy forwards to (a loopback address only).
+        #[arg(long)]
+        target: std::net::SocketAddr,
+    },
     /// Tools for tests (crash children); not for production use.
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -493,6 +503,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mirrorlog::io::probe::check_direct_io(&dir)?;
             println!("O_DIRECT on {}: ok", dir.display());
         }
+        Command::FaultProxy { target } => fault_proxy(target)?,
         Command::Debug(DebugCommand::AppendLoop { dir, clients, segment_size, body_size_max, records }) => {
             mirrorlog::debug::append_loop(mirrorlog::debug::AppendLoopConfig {
                 dir,
@@ -644,6 +655,37 @@ fn bench_failover(
         lost == 0,
         "{lost} acknowledged write(s) missing on the new principals (SAFETY FULL must lose none)"
     );
+    Ok(())
+}
+
+fn fault_proxy(target: std::net::SocketAddr) -> anyhow::Result<()> {
+    use mirrorlog::testing::{Direction, Fault, FaultProxy};
+    use std::io::BufRead;
+    let proxy = FaultProxy::start(target)?;
+    println!("mirrorlog fault-proxy: listening on {} for {target}; type faults, one per line", proxy.addr());
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let command = line.trim();
+        if command.is_empty() {
+            continue;
+        }
+        if command == "stats" {
+            println!(
+                "connections {}, bytes to target {}, bytes from target {}",
+                proxy.connections_accepted(),
+                proxy.bytes_forwarded(Direction::ToTarget),
+                proxy.bytes_forwarded(Direction::FromTarget)
+            );
+            continue;
+        }
+        match Fault::parse(command) {
+            Ok(fault) => {
+                proxy.set(fault);
+                println!("fault: {fault:?}");
+            }
+            Err(e) => eprintln!("mirrorlog fault-proxy: {e}"),
+        }
+    }
     Ok(())
 }
 

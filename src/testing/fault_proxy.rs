@@ -73,6 +73,31 @@ pub enum Fault {
     FlipBit(Direction),
 }
 
+impl Fault {
+    /// A fault from its command word, as `mirrorlog fault-proxy` reads them on standard input:
+    /// `heal` (or `none`), `cut`, `blackhole`, `blackhole-to-target`, `blackhole-from-target`,
+    /// `delay MS`, `flip-to-target`, `flip-from-target`.
+    pub fn parse(text: &str) -> Result<Fault, String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["heal"] | ["none"] => Ok(Fault::None),
+            ["cut"] => Ok(Fault::Cut),
+            ["blackhole"] => Ok(Fault::BlackHole),
+            ["blackhole-to-target"] => Ok(Fault::BlackHoleOneWay(Direction::ToTarget)),
+            ["blackhole-from-target"] => Ok(Fault::BlackHoleOneWay(Direction::FromTarget)),
+            ["delay", ms] => ms
+                .parse::<u64>()
+                .map(|ms| Fault::Delay(Duration::from_millis(ms)))
+                .map_err(|_| format!("delay takes milliseconds, not {ms:?}")),
+            ["flip-to-target"] => Ok(Fault::FlipBit(Direction::ToTarget)),
+            ["flip-from-target"] => Ok(Fault::FlipBit(Direction::FromTarget)),
+            _ => Err(format!(
+                "unknown fault {text:?}: heal, cut, blackhole, blackhole-to-target, blackhole-from-target, delay MS, flip-to-target, flip-from-target"
+            )),
+        }
+    }
+}
+
 struct State {
     /// Never `FlipBit`: that becomes `None` plus a flag in `flip_pending`.
     fault: Fault,
@@ -354,6 +379,17 @@ fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_parse_from_their_command_words() {
+        assert_eq!(Fault::parse("heal"), Ok(Fault::None));
+        assert_eq!(Fault::parse(" cut "), Ok(Fault::Cut));
+        assert_eq!(Fault::parse("blackhole-from-target"), Ok(Fault::BlackHoleOneWay(Direction::FromTarget)));
+        assert_eq!(Fault::parse("delay 250"), Ok(Fault::Delay(Duration::from_millis(250))));
+        assert_eq!(Fault::parse("flip-to-target"), Ok(Fault::FlipBit(Direction::ToTarget)));
+        assert!(Fault::parse("delay soon").is_err());
+        assert!(Fault::parse("explode").is_err());
+    }
     use std::sync::atomic::AtomicBool;
 
     /// Echoes every byte back; stops and joins its threads on drop (after the proxy, which closes
