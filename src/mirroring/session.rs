@@ -11,7 +11,8 @@
 //!   answers on the local flush alone — and says so.
 //! - SAFETY FULL, SYNCHRONIZING (the mirror is catching up from the log files), SUSPENDED or
 //!   DISCONNECTED past the timeout: exposed, as SQL Server's principal is until the mirror has
-//!   caught up.
+//!   caught up. Once shipping has caught up, commits wait for the mirror again, so that
+//!   SYNCHRONIZED never claims a commit answered alone that the mirror lacks.
 //!
 //! LSN ordering kept by `validate`: `lsn_mirror_hardened <= lsn_sync_target` until SYNCHRONIZED.
 
@@ -203,9 +204,17 @@ impl PrincipalSession {
     }
 
     /// Commits whose end LSN is at or below this may be answered, given the local hardened LSN.
+    ///
+    /// Once shipping has caught up (a sync target is set) commits wait for the mirror again, even
+    /// before SYNCHRONIZED: every commit answered alone is then at or below the sync target, so
+    /// the mirror holds them all when it acknowledges the target and the session becomes
+    /// SYNCHRONIZED (and tells the witness so). Answering alone up to that moment could make
+    /// SYNCHRONIZED claim commits the mirror lacks: the stateright model lost one that way.
     pub fn commit_lsn(&self, local_hardened: Lsn) -> Lsn {
         if self.safety == SafetyLevel::Full
-            && (self.state == MirroringState::Synchronized || self.holding_since.is_some())
+            && (self.state == MirroringState::Synchronized
+                || self.holding_since.is_some()
+                || self.lsn_sync_target.is_some())
         {
             local_hardened.min(self.lsn_mirror_hardened)
         } else {
@@ -394,10 +403,14 @@ mod tests {
         assert!(s.is_exposed());
         assert_eq!(s.commit_lsn(Lsn(500)), Lsn(500));
         assert_eq!(s.on_event(Event::CaughtUp { live_from: Lsn(300) }), vec![]);
+        // Caught up: commits wait for the mirror again (SYNCHRONIZED must cover every commit
+        // answered alone), though the session is not SYNCHRONIZED yet.
+        assert_eq!(s.commit_lsn(Lsn(500)), Lsn(100), "held for the mirror once caught up");
         assert_eq!(
             s.on_event(Event::Acked { lsn: Lsn(250), now: base }),
             vec![Command::HoldLog { from: Lsn(250) }, Command::ReleaseCommits]
         );
+        assert_eq!(s.commit_lsn(Lsn(500)), Lsn(250));
         assert_eq!(
             s.on_event(Event::Acked { lsn: Lsn(300), now: base }),
             vec![

@@ -123,12 +123,16 @@ impl WitnessClient {
         role_sequence: u64,
         timeout: Duration,
     ) -> AnswerEffects {
-        if let Some(&(_, sent)) = self.sent.iter().find(|(n, _)| *n == number) {
+        // A principal told of a newer role sequence is stale: the answer gives it no lease and
+        // no exposure record, whatever else it says (it is fenced; nothing more is released).
+        let stale_principal = role == ReportRole::Principal && answer.role_sequence > role_sequence;
+        if let Some(&(_, sent)) = self.sent.iter().find(|(n, _)| *n == number).filter(|_| !stale_principal) {
             self.lease_until = Some(sent + timeout / 2);
         }
         let was_recorded = self.exposure_recorded;
-        self.exposure_recorded =
-            answer.exposure_recorded && self.exposed_since_report.is_some_and(|first| number >= first);
+        self.exposure_recorded = !stale_principal
+            && answer.exposure_recorded
+            && self.exposed_since_report.is_some_and(|first| number >= first);
         self.role_sequence_seen = answer.role_sequence;
         let mut effects =
             AnswerEffects { exposure_recorded: self.exposure_recorded && !was_recorded, ..Default::default() };
@@ -267,6 +271,12 @@ mod tests {
         let (n, _) = c.report(PartnerView::Principal { role_sequence: 3, synchronized: true, exposed: false }, 0, now);
         assert_eq!(c.on_answer(n, answer(false, None, 5), ReportRole::Principal, 3, TIMEOUT).fence, Some(5));
         assert_eq!(c.role_sequence_seen(), 5);
+        // A stale principal's answer records no exposure and gives no lease, even if it says so.
+        let mut c = WitnessClient::new();
+        let (n, _) = c.report(PartnerView::Principal { role_sequence: 3, synchronized: false, exposed: true }, 0, now);
+        let e = c.on_answer(n, answer(true, None, 4), ReportRole::Principal, 3, TIMEOUT);
+        assert_eq!(e.fence, Some(4));
+        assert!(!e.exposure_recorded && !c.exposure_recorded() && !c.lease_valid(now));
     }
 
     #[test]

@@ -194,8 +194,13 @@ impl Witness {
         let session = self.sessions.entry(key.clone()).or_default();
         let before = session.durable.clone();
         let d = &mut session.durable;
+        // The newest role sequence decided: reported, or granted (a grant is a decision even
+        // before its mirror reports at the new role sequence).
+        let known = d.role_sequence.max(d.granted.iter().map(|(rs, _)| *rs).max().unwrap_or(0));
         match report.role {
-            ReportRole::Principal if report.role_sequence >= d.role_sequence => {
+            // A principal below a granted role sequence is stale: recording its exposure would
+            // let it answer commits its successor never gets (the stateright model found this).
+            ReportRole::Principal if report.role_sequence >= known => {
                 d.role_sequence = report.role_sequence;
                 session.principal_heard = Some(now);
                 if report.exposed {
@@ -286,6 +291,19 @@ mod tests {
         // The old principal comes back: the answer tells it role sequence 2 exists.
         let (a, _) = w.on_report(&key(), "p", &principal(1, true, false), t0 + T, T);
         assert_eq!(a.role_sequence, 2);
+    }
+
+    #[test]
+    fn a_principal_below_a_granted_role_sequence_gets_no_exposure_record() {
+        let mut w = Witness::default();
+        let t0 = Instant::now();
+        w.on_report(&key(), "p", &principal(1, true, false), t0, T);
+        let (a, _) = w.on_report(&key(), "m", &mirror(1, true), t0 + T, T);
+        assert_eq!(a.granted, Some(2));
+        // The old principal, cut off until now, reports exposed: it is stale, not exposed.
+        let (a, _) = w.on_report(&key(), "p", &principal(1, false, true), t0 + T, T);
+        assert!(!a.exposure_recorded, "a stale principal must not answer commits alone");
+        assert_eq!(a.role_sequence, 2, "the answer fences it");
     }
 
     #[test]

@@ -198,6 +198,25 @@ pub(super) struct PrincipalLink {
     page_requests_conn: Option<u64>,
 }
 
+impl PrincipalLink {
+    /// Persists the link's settings. Once FAILOVER is sent the outcome is in doubt, and a restart
+    /// must come back on the safe side, as the mirror at the new role sequence (the outcome the
+    /// runtime takes too): so from then on the in-doubt mirror settings are what is stored.
+    fn persist(&self, dir: &std::path::Path) -> Result<()> {
+        match self.failover {
+            Some(Failover::Sent { epoch, .. }) => MirroringSettings::new(
+                Role::Mirror,
+                self.settings.partner.clone(),
+                self.settings.safety,
+                epoch.0,
+                self.settings.witness.clone(),
+            )
+            .store(dir),
+            _ => self.settings.store(dir),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Failover {
     /// New commands wait while the log drains and the mirror hardens all of it.
@@ -462,6 +481,11 @@ impl ServerShard {
     pub(super) fn commit_lsn(&self, db: usize) -> Lsn {
         let hardened = self.dbs[db].as_ref().expect("owned").log.lsn_hardened();
         match (&self.links[db], &self.witness_links[db]) {
+            // A principal that learned of a newer role sequence releases nothing its mirror did
+            // not harden (those commits may be cut when it rejoins).
+            (Some(Link::Principal(link)), _) if link.settings.fenced_by.is_some() => {
+                hardened.min(link.session.lsn_mirror_hardened())
+            }
             // With a witness, running exposed needs its record of it and a valid lease.
             (Some(Link::Principal(link)), Some(w)) => w.client.commit_lsn(&link.session, hardened, Instant::now()),
             (Some(Link::Principal(link)), _) => link.session.commit_lsn(hardened),
@@ -925,7 +949,7 @@ impl ServerShard {
                         link.settings.safety = link.session.safety();
                         link.settings.suspended = link.session.suspend_reason().map(str::to_string);
                         let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
-                        if let Err(e) = link.settings.store(&dir) {
+                        if let Err(e) = link.persist(&dir) {
                             eprintln!("mirrorlog: database {db}: cannot persist the mirroring settings: {e}");
                         }
                     }
@@ -1312,7 +1336,7 @@ impl ServerShard {
                         if link.settings.partner_endpoint.as_deref() != Some(endpoint) {
                             link.settings.partner_endpoint = Some(endpoint.to_string());
                             let dir = self.dbs[db].as_ref().expect("owned").dir().to_path_buf();
-                            if let Err(e) = link.settings.store(&dir) {
+                            if let Err(e) = link.persist(&dir) {
                                 eprintln!("mirrorlog: database {db}: cannot persist the mirror's endpoint: {e}");
                             }
                         }
@@ -2374,7 +2398,7 @@ impl ServerShard {
             by.0, link.settings.role_sequence
         );
         link.settings.fenced_by = Some(by.0);
-        if let Err(e) = link.settings.store(&dir) {
+        if let Err(e) = link.persist(&dir) {
             eprintln!("mirrorlog: database {db}: cannot persist the fencing: {e}");
         }
         // Not suspended: it keeps dialing its partner, whose refusal says where the newer role
@@ -2445,6 +2469,18 @@ impl ServerShard {
                 match conn {
                     Some(conn) if drained && link.session.lsn_mirror_hardened() == lsn => {
                         let next = Epoch(database.log.epoch().0 + 1);
+                        // The in-doubt outcome (this database the mirror at `next`) is durable
+                        // before FAILOVER leaves: a restart before FAILOVER_DONE must not come
+                        // back as the principal of the old role sequence (the stateright model
+                        // found a lost commit that way).
+                        link.failover = Some(Failover::Sent { lsn, epoch: next, since: now });
+                        if let Err(e) = link.persist(database.dir()) {
+                            link.failover = None;
+                            database.failover_pending = false;
+                            eprintln!("mirrorlog: database {db}: manual failover abandoned: cannot persist it: {e}");
+                            self.release_dbs.push(db);
+                            return Ok(());
+                        }
                         let body = endpoint.map(|e| e.to_string()).unwrap_or_default();
                         let bytes = frame::encode_frame(
                             conn.version(),
