@@ -369,12 +369,7 @@ impl Database {
         let CheckpointPhase::Syncing(redo_lsn) = self.checkpoint_phase else {
             return Ok(()); // a checkpoint a synchronous one replaced
         };
-        let recorded = self.control.write(redo_lsn);
-        self.fail_data_if(recorded)?;
-        self.log.set_retention_lsn(redo_lsn);
-        self.checkpoint_lsn = redo_lsn;
-        self.lsn_after_checkpoint = redo_lsn;
-        self.checkpoints += 1;
+        self.record_checkpoint(redo_lsn)?;
         self.checkpoint_phase = CheckpointPhase::Idle;
         if self.log_checkpoint_records {
             self.checkpoint_record_due = Some(redo_lsn);
@@ -584,13 +579,20 @@ impl Database {
         debug_assert_eq!(left, 0, "the log is fully hardened");
         let synced = self.pool.data_file().sync();
         self.fail_data_if(synced)?;
+        self.record_checkpoint(redo_lsn)?;
+        Ok(true)
+    }
+
+    /// Every change before `redo_lsn` is in the synced data file: records it durably (a failure
+    /// is fatal) and releases older log.
+    fn record_checkpoint(&mut self, redo_lsn: Lsn) -> Result<()> {
         let recorded = self.control.write(redo_lsn);
         self.fail_data_if(recorded)?;
         self.log.set_retention_lsn(redo_lsn);
         self.checkpoint_lsn = redo_lsn;
         self.lsn_after_checkpoint = redo_lsn;
         self.checkpoints += 1;
-        Ok(true)
+        Ok(())
     }
 }
 
