@@ -34,7 +34,8 @@
 //!   `T0 + timeout` depending on that bit. `restore` counts the principal as heard at `T0`, so the
 //!   real rule decides silence exactly as it would. The new `Grants` are read back with
 //!   `grants()`. Only the principal-silence bit is the model's: it is cleared by a principal
-//!   report whose role sequence is at least the witness's (the guard of the `Principal` arm in
+//!   report that the witness hears, one whose role sequence is at least the newest it knows,
+//!   granted ones included (`MirroringModel::witness_known`, the guard of the `Principal` arm in
 //!   `on_numbered_report`), and set by `WitnessTimeout`.
 //! - **The principal's commit rule and states are the real
 //!   `mirrorlog::mirroring::session::PrincipalSession`**, stored in the state. It is driven with
@@ -43,28 +44,37 @@
 //!   heard, so the stored instants are always `T0`). States are compared and hashed by what
 //!   decides the session's future (`Session::key`): its getters, plus the private sync target
 //!   read from its `Debug` text while SYNCHRONIZING.
-//! - **The witness-aware commit rule** is the server's `ServerShard::commit_lsn` (in
-//!   `src/server/shard_server/peer.rs`, private, so restated in `MirroringModel::commit_lsn`):
-//!   while the session is exposed, answer on the local log only with the witness's exposure record
-//!   and a valid lease; otherwise `PrincipalSession::commit_lsn`. The quorum rule is the server's
-//!   `has_no_quorum`: a principal accepts commands only with its mirror connected or a valid lease.
-//! - **Reports** are built as the server's `report_to_witness` builds them (principal:
-//!   SYNCHRONIZED, exposed; mirror: the principal's last ping said SYNCHRONIZED under SAFETY FULL,
-//!   and wants to take over once the principal has been lost for the timeout), and answers are
-//!   taken as `witness_answer` takes them: any answer renews the lease, the exposure is recorded
-//!   only by an answer to an exposed report (sending a report that is not exposed forgets it), a
-//!   higher role sequence fences a principal (as built, after the commits the exposure record
-//!   releases: finding 3), and a grant of the next role sequence makes a mirror the principal,
-//!   whether it still wants it or not.
+//! - **The partner's side of the witness protocol is the real
+//!   `mirrorlog::mirroring::witness_client::WitnessClient`**, as the server and the simulator use
+//!   it. Reports are built by `WitnessClient::report` from the `PartnerView` that the server's
+//!   `report_to_witness` gives it (`MirroringModel::view_of`; a mirror's `principal_lost` is the
+//!   real function), and answers are taken by `WitnessClient::on_answer`, whose effects the model
+//!   acts on as the server's `witness_answer` does: an answer renews the lease, the exposure is
+//!   recorded only by an answer to an exposed report (sending a report that is not exposed
+//!   forgets it), an answer carrying a newer role sequence fences a principal and gives it
+//!   neither lease nor record (nothing is answered in between), and a grant of the next role
+//!   sequence makes a mirror the principal, whether it still wants it or not. The model keeps
+//!   the client's two facts that outlive a report (a valid lease, the exposure record) as bits,
+//!   and asks the client's rules of a real client holding them (`witness_client`): the commit
+//!   rule `WitnessClient::commit_lsn` (while the session is exposed, answer beyond the mirror
+//!   only with the record and a valid lease; otherwise, and with them,
+//!   `PrincipalSession::commit_lsn`), and the quorum rule `WitnessClient::has_no_quorum` (a
+//!   principal accepts commands only with its mirror connected or a valid lease).
+//! - **Restated from `src/server/shard_server/peer.rs`** (private there): `ServerShard::commit_lsn`
+//!   (`MirroringModel::commit_lsn`: a fenced principal releases only what its mirror hardened,
+//!   else the client's rule), and the part of `drive_failover` and `PrincipalLink::persist` that
+//!   matters here: the in-doubt outcome of a manual failover is persisted before FAILOVER is
+//!   sent, so a crash after it comes back as the mirror of the next role sequence (`Crash`).
 //!
 //! # What is abstracted
 //! - **Time** is nondeterministic timeouts (`LeaseExpires`, `MirrorTimeout`, `WitnessTimeout`,
 //!   `PartnerTimeout`), with one constraint taken from the lease rule: the witness may find the
-//!   principal silent only when no principal holds a valid lease and no principal of its role
-//!   sequence can reach it. A lease lasts half the partner timeout from the *send* time of an
-//!   answered principal report, and the witness counts silence from its *receipt*, so every such
-//!   lease has run out before the witness can find the principal silent. The mirror's own
-//!   timeout needs its connection gone (the server's `principal_lost`).
+//!   principal silent only when no principal holds a valid lease and no principal that it would
+//!   hear (one not below the newest role sequence it knows, grants included) can reach it. A
+//!   lease lasts half the partner timeout from the *send* time of an answered principal report,
+//!   and the witness counts silence from its *receipt*, so every such lease has run out before
+//!   the witness can find the principal silent. The mirror's own timeout needs its connection
+//!   gone (the real `principal_lost`).
 //! - **Reports and answers** are one atomic step: a report is delivered or not (A→W, B→W), and
 //!   its answer delivered or lost (W→A, W→B). Since a lease counts from the send time, a late
 //!   answer gives a lease that has already run out, so nothing is lost by that. Reports therefore
@@ -78,7 +88,9 @@
 //!   (Really each end finds out by its own timer, and the ends can disagree for about one network
 //!   delay; the model leaves that window out.)
 //! - **Answers** are given as soon as the commit rule allows them (the server releases replies at
-//!   the end of the loop iteration that moved `commit_lsn`); a fenced principal answers nothing.
+//!   the end of the loop iteration that moved `commit_lsn`); a fenced principal answers nothing
+//!   (the server's fenced principal releases only what its mirror hardened, which the model
+//!   answered already).
 //! - **Manual failover** starts only once the log is drained and acknowledged (the wait in
 //!   PENDING_FAILOVER before it is left out); forced service is run on a mirror that has lost its
 //!   principal for the timeout. Reads, redo, pages, client addresses and Sentinel are not
@@ -105,32 +117,42 @@
 //!   failover; a commit answered while exposed (beyond the mirror's hardened LSN); a rejoin; a
 //!   manual failover; forced service; a commit answered in SAFETY OFF.
 //!
-//! # Findings: three counterexamples against the rules as built
-//! `Rules::default()` is the rules as built. Three counterexamples were found against them
-//! (tests `finding_*`, which print the paths); `Rules` has a `fix_*` switch for a change that
-//! removes each, and the exhaustive checks (`rules_hold_*`) run with all three on (`fixed()`).
-//! 1. *A restart between FAILOVER and FAILOVER_DONE* (8 steps). The old principal has persisted
-//!    nothing about the failover, so it comes back as the principal of role sequence N while the
-//!    new one serves at N+1. Until the witness hears of N+1, it records the old principal's
-//!    exposure and gives it a lease: it answers commits alone, and loses them when it is fenced
-//!    and rejoins (its log is cut back to the failover LSN). Fix: persist the failover (N+1, in
-//!    doubt) before sending FAILOVER, so a restart comes back as the mirror.
-//! 2. *SYNCHRONIZED before the commits answered while exposed reach the mirror* (13 steps).
-//!    `PrincipalSession` becomes SYNCHRONIZED when the mirror acknowledges the LSN where live
-//!    shipping began; commits answered alone after that LSN (exposed, while SYNCHRONIZING) need
-//!    not be on the mirror yet. The principal then reports SYNCHRONIZED (the witness clears the
-//!    exposure) and a ping tells the mirror SYNCHRONIZED — in the server a ping can overtake log
-//!    that fell back to catch-up. The principal crashes, the witness grants the failover, and
-//!    those commits are lost. Fix (modelled): report SYNCHRONIZED to the witness only once the
-//!    mirror has acknowledged every commit answered alone.
-//! 3. *An exposure recorded after the grant* (12 steps). A principal whose commits wait for the
-//!    exposure record is cut off from the witness while the mirror takes over at N+1; when it
-//!    reaches the witness again, the witness records its exposure at N (a grant does not raise
-//!    the witness's role sequence) and answers "exposure recorded" with role sequence N+1. The
-//!    server's `witness_answer` takes the record and the lease, and its `commit_lsn` ignores
-//!    `fenced_by`, so the waiting commits are answered at N and lost. Fix (modelled): a principal
-//!    that learns of a newer role sequence releases nothing more (also: the witness could treat a
-//!    principal below a granted role sequence as stale).
+//! # Three fixes, built; their reverts are planted bugs
+//! The model first found three counterexamples against the server's rules. All three are fixed
+//! in the server (commit ee3bac3), and `as_built()` (`Rules::default()`) models the fixes; the
+//! exhaustive checks (`rules_hold_*`) run with it. `Rules` has a switch that reverts each fix,
+//! and each `planted_*_revert` test shows the checker finds a lost commit with it (it prints the
+//! path):
+//! 1. *A restart between FAILOVER and FAILOVER_DONE* (`unpersisted_failover`, 8 steps). Without
+//!    the fix the old principal has persisted nothing about the failover, so it comes back as the
+//!    principal of role sequence N while the new one serves at N+1. Until the witness hears of
+//!    N+1, it records the old principal's exposure and gives it a lease: it answers commits alone,
+//!    and loses them when it is fenced and rejoins (its log is cut back to the failover LSN).
+//!    Built: `drive_failover` persists the in-doubt outcome (the mirror at N+1,
+//!    `PrincipalLink::persist`) before it sends FAILOVER, so a restart comes back as the mirror.
+//! 2. *SYNCHRONIZED before the commits answered while exposed reach the mirror*
+//!    (`answers_alone_until_synchronized`, 13 steps). `PrincipalSession` becomes SYNCHRONIZED
+//!    when the mirror acknowledges the LSN where live shipping began (the sync target); commits
+//!    answered alone after that LSN (exposed, while SYNCHRONIZING) need not be on the mirror yet.
+//!    The principal then reports SYNCHRONIZED (the witness clears the exposure) and a ping tells
+//!    the mirror SYNCHRONIZED (in the server a ping can overtake log that fell back to
+//!    catch-up). The principal crashes, the witness grants the failover, and those commits are
+//!    lost. Built: once a sync target is set, `PrincipalSession::commit_lsn` waits for the mirror
+//!    again (the session stays exposed until SYNCHRONIZED), so every commit answered alone is at
+//!    or below the target. (The model had proposed another fix, holding the SYNCHRONIZED report
+//!    back; it was not built and is gone from the model.)
+//! 3. *An exposure recorded after the grant* (`stale_principal_takes_exposure`, 12 steps). A
+//!    principal whose commits wait for the exposure record is cut off from the witness while the
+//!    mirror takes over at N+1; when it reaches the witness again, the old witness records its
+//!    exposure at N (a grant does not raise the witness's role sequence) and answers "exposure
+//!    recorded" with role sequence N+1; the old client takes the record and the lease, and the
+//!    old `commit_lsn` ignores `fenced_by`, so the waiting commits are answered at N and lost.
+//!    Built, in three places: the witness records no exposure for a principal below a granted
+//!    role sequence; `WitnessClient::on_answer` gives a principal that an answer fences neither
+//!    lease nor record; a fenced principal releases only what its mirror hardened. The revert
+//!    undoes the first two (the third changes nothing here: see "Answers" above). With only one
+//!    of the two undone, the checker finds no lost commit within the same bounds: either one
+//!    alone stops this path.
 //!
 //! # Planted bugs
 //! `Rules` also switches in naive rules; the `planted_*` tests show that the checker finds a
@@ -140,9 +162,10 @@
 //! Bounds (`Bounds`): commits over the run, role changes over the run, SET SAFETY changes over
 //! the run, faults in force at once (a fault that heals can come again), and whether manual
 //! failover and forced service are explored. Each `rules_hold_*` test explores every reachable
-//! state within its bounds (0.8–2.5 million states, 5–16 s each in a debug build). Larger bounds
+//! state within its bounds (0.5–2.0 million states, 3–12 s each in a debug build). Larger bounds
 //! can be checked by hand: `C=2 F=2 K=1 ADMIN=1 N=300 cargo test --test model explore --
-//! --ignored --nocapture` (commits, failovers, faults at once, admin; N × 100,000 states at most).
+//! --ignored --nocapture` (commits, failovers, faults at once, admin; N × 100,000 states at most;
+//! `S=1` for a SET SAFETY change, `REVERT1=1` .. `REVERT3=1` to revert a fix).
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -152,6 +175,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mirrorlog::mirroring::session::{Event, MirroringState, PrincipalSession, SafetyLevel};
+use mirrorlog::mirroring::witness_client::{principal_lost, PartnerView, WitnessClient};
 use mirrorlog::wal::Lsn;
 use mirrorlog::witness::state::{Answer, Grants, Report, ReportRole, SessionKey, Witness};
 use stateright::{Checker, HasDiscoveries, Model, Property};
@@ -173,7 +197,35 @@ fn session_key() -> SessionKey {
     SessionKey::new(1, NAMES[0], NAMES[1])
 }
 
-/// Naive rules that the tests plant to show that the checker catches them.
+/// A real `WitnessClient` that holds a valid lease (or not) and the witness's record of its
+/// exposure (or not), with the instant to ask it at: `T0` (a lease counted from a report sent at
+/// `T0` is valid then), or `T0 + timeout` for a record whose lease has run out. The model keeps
+/// the two bits; the client's rules that read them (`commit_lsn`, `has_no_quorum`) are asked of
+/// one of these four.
+fn witness_client(lease: bool, recorded: bool) -> (&'static WitnessClient, Instant) {
+    static CLIENTS: OnceLock<Vec<(WitnessClient, Instant)>> = OnceLock::new();
+    let clients = CLIENTS.get_or_init(|| {
+        let mut clients = Vec::new();
+        for (lease, recorded) in [(false, false), (false, true), (true, false), (true, true)] {
+            let mut c = WitnessClient::new();
+            if lease || recorded {
+                let view = PartnerView::Principal { role_sequence: 1, synchronized: false, exposed: recorded };
+                let (n, _) = c.report(view, 0, t0());
+                let answer = Answer { exposure_recorded: recorded, granted: None, role_sequence: 1 };
+                c.on_answer(n, answer, ReportRole::Principal, 1, TIMEOUT);
+            }
+            let now = if lease { t0() } else { t0() + TIMEOUT };
+            assert_eq!((c.lease_valid(now), c.exposure_recorded()), (lease, recorded));
+            clients.push((c, now));
+        }
+        clients
+    });
+    let (client, now) = &clients[usize::from(lease) * 2 + usize::from(recorded)];
+    (client, *now)
+}
+
+/// Bugs that the tests plant to show that the checker catches them. `Rules::default()` (every
+/// switch off) is the rules as built (`as_built()`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Rules {
     /// The witness grants a failover even though the principal's exposure is recorded.
@@ -189,22 +241,22 @@ struct Rules {
     mirror_claims_synchronized: bool,
     /// Manual failover without waiting for the mirror to acknowledge the whole log.
     manual_failover_undrained: bool,
-    /// PROPOSED FIX (not built): a principal that learns of a newer role sequence releases no
-    /// more commits. As built, the server's `witness_answer` sets `exposure_recorded` (and the
-    /// lease) from an answer that also carries a newer role sequence, and `commit_lsn` never looks
-    /// at `fenced_by`, so the commits waiting for the exposure record are released (by the next
-    /// `release_replies` or log completion) at role sequence N although the witness has granted
-    /// N+1. The real witness does answer "exposure recorded" there: a grant does not raise its
-    /// `role_sequence`, so a report of the principal of N is not stale to it.
-    fix_fence_before_exposure: bool,
-    /// PROPOSED FIX (not built): the principal persists a manual failover (role sequence N+1,
-    /// in doubt) before it sends FAILOVER, so a restart before FAILOVER_DONE comes back as the
-    /// mirror (the in-doubt outcome) instead of the principal of role sequence N.
-    fix_persist_failover: bool,
-    /// PROPOSED FIX (not built): the principal reports SYNCHRONIZED to the witness (which then
-    /// clears its exposure record) only once the mirror has acknowledged every commit it answered
-    /// while exposed.
-    fix_sync_covers_exposed: bool,
+    /// REVERT of fix 1 (`PrincipalLink::persist`, used by `drive_failover` before FAILOVER is
+    /// sent): nothing about a manual failover is persisted, so a principal that restarts after
+    /// FAILOVER and before FAILOVER_DONE comes back as the principal of its old role sequence.
+    unpersisted_failover: bool,
+    /// REVERT of fix 2 (`PrincipalSession::commit_lsn` waits for the mirror once a sync target
+    /// is set): a principal that runs exposed, with the witness's record and a lease, answers on
+    /// its local log alone until SYNCHRONIZED, even after shipping caught up (the old session
+    /// rule: exposed meant `local_hardened`).
+    answers_alone_until_synchronized: bool,
+    /// REVERT of fix 3, both halves: the old witness (its `Principal` arm took any report at or
+    /// above its `role_sequence`, which a grant does not raise, so it recorded the exposure of a
+    /// principal below a granted role sequence) and the old client (`WitnessClient::on_answer`
+    /// took the lease and the exposure record from an answer that also fenced the principal,
+    /// and `ServerShard::commit_lsn` ignored `fenced_by`, so the commits waiting for the record
+    /// were answered before the fence took effect).
+    stale_principal_takes_exposure: bool,
 }
 
 /// How far the checker explores.
@@ -238,7 +290,8 @@ enum Role {
 /// safety, state, connection, the mirror's hardened LSN, whether it runs exposed or holds
 /// commits, and (while SYNCHRONIZING) its sync target. Its other private fields carry nothing
 /// more here: its instants are always `T0` (or unset, which acts the same), and a sync target
-/// outside SYNCHRONIZING is never read (connecting resets it).
+/// outside SYNCHRONIZING changes nothing (SYNCHRONIZED waits for the mirror anyway, and losing
+/// or making the connection resets it).
 #[derive(Clone)]
 struct Session {
     inner: PrincipalSession,
@@ -372,8 +425,6 @@ struct Partner {
     exposure_recorded: bool,
     /// Commits whose clients wait for the answer (bit = commit id).
     waiting: u8,
-    /// The end of the last commit answered beyond what the mirror had hardened (exposed).
-    answered_alone_lsn: u64,
     /// FAILOVER sent (PENDING_FAILOVER: no new commands), the frame still in flight, and the
     /// mirror's FAILOVER_DONE in flight back.
     failover_sent: bool,
@@ -413,7 +464,6 @@ impl Partner {
         self.lease = false;
         self.exposure_recorded = false;
         self.waiting = 0;
-        self.answered_alone_lsn = 0;
         self.failover_sent = false;
         self.failover_frame = false;
         self.failover_done_frame = false;
@@ -500,15 +550,8 @@ impl State {
     }
 }
 
-/// Forgets what can no longer matter, so that states that behave alike are one state.
+/// Puts what is a set in one order, so that states that behave alike are one state.
 fn canonicalize(s: &mut State) {
-    for p in &mut s.p {
-        if let Some(session) = &p.session {
-            if session.mirror_hardened() >= p.answered_alone_lsn {
-                p.answered_alone_lsn = 0; // the mirror has it all (and a mirror's log only grows)
-            }
-        }
-    }
     s.answered.sort_by_key(|a| a.id);
 }
 
@@ -598,28 +641,38 @@ impl MirroringModel {
         Self { rules, bounds }
     }
 
-    /// The server's `commit_lsn` (with a witness): commits up to this LSN may be answered.
+    /// The server's `ServerShard::commit_lsn` (`peer.rs`, private, so restated here): commits up
+    /// to this LSN may be answered. A fenced principal releases only what its mirror hardened
+    /// (the model's fenced principal answers nothing, which comes to the same: everything up to
+    /// that LSN was answered at the step that made it so). Otherwise the real
+    /// `WitnessClient::commit_lsn` decides: running exposed needs the witness's record of the
+    /// exposure and a valid lease, else `min(local, mirror hardened)`; with them (or not
+    /// exposed), the real `PrincipalSession::commit_lsn`, which waits for the mirror again once
+    /// shipping has caught up.
     fn commit_lsn(&self, p: &Partner) -> u64 {
-        let s = p.session();
+        let session = &p.session().inner;
         let local = Lsn(p.log.len() as u64);
         if self.rules.ack_before_mirror_hardened {
             return local.0;
         }
-        if s.inner.is_exposed() {
-            let lease = p.lease || self.rules.serve_without_quorum;
-            if p.exposure_recorded && lease {
-                local.0
-            } else {
-                local.min(s.inner.lsn_mirror_hardened()).0
-            }
-        } else {
-            s.inner.commit_lsn(local).0
+        if p.fenced {
+            return local.min(session.lsn_mirror_hardened()).0;
         }
+        let lease = p.lease || self.rules.serve_without_quorum;
+        if self.rules.answers_alone_until_synchronized && session.is_exposed() && p.exposure_recorded && lease {
+            // The old `PrincipalSession::commit_lsn`: exposed (not yet SYNCHRONIZED) answers on
+            // the local log, whether shipping has caught up or not.
+            return local.0;
+        }
+        let (client, now) = witness_client(lease, p.exposure_recorded);
+        client.commit_lsn(session, local, now).0
     }
 
-    /// The server's quorum rule: a principal with a witness needs its mirror or a lease.
+    /// The server's `has_no_quorum`, through the real `WitnessClient::has_no_quorum`: a principal
+    /// with a witness needs its mirror connected or a valid lease.
     fn has_quorum(&self, s: &State, i: usize) -> bool {
-        s.conn || s.p[i].lease || self.rules.serve_without_quorum
+        let (client, now) = witness_client(s.p[i].lease, s.p[i].exposure_recorded);
+        !client.has_no_quorum(s.conn, now) || self.rules.serve_without_quorum
     }
 
     /// Up, principal, not fenced, no failover in progress, with quorum: takes commands.
@@ -652,14 +705,11 @@ impl MirroringModel {
             for (at, &id) in p.log.iter().enumerate() {
                 let end = at as u64 + 1;
                 if p.waiting & (1 << id) != 0 && end <= allowed {
-                    done.push((id, end, end > mirror_hardened));
+                    done.push((id, end > mirror_hardened));
                 }
             }
-            for (id, end, alone) in done {
+            for (id, alone) in done {
                 s.p[i].waiting &= !(1 << id);
-                if alone && self.rules.fix_sync_covers_exposed {
-                    s.p[i].answered_alone_lsn = s.p[i].answered_alone_lsn.max(end);
-                }
                 s.answered.push(Answered { id, rs, full });
                 if rs < s.max_answered_rs && !s.excused(rs) {
                     s.answered_late = true;
@@ -672,11 +722,22 @@ impl MirroringModel {
         }
     }
 
+    /// The newest role sequence the witness counts as decided: the guard of the `Principal` arm
+    /// of `Witness::on_numbered_report` (a principal below it is stale: the witness neither hears
+    /// it nor records its exposure). As built, a granted role sequence counts; the old witness
+    /// (the revert of fix 3) looked at its `role_sequence` only, which a grant does not raise.
+    fn witness_known(&self, g: &Grants) -> u64 {
+        if self.rules.stale_principal_takes_exposure {
+            return g.role_sequence;
+        }
+        g.role_sequence.max(g.granted.iter().map(|(rs, _)| *rs).max().unwrap_or(0))
+    }
+
     /// One report to the real witness: its answer and its new durable records. The witness's
     /// decision is a pure function of its records, its clock bit, the reporter and the report, so
     /// answers are remembered (per checker thread) rather than recomputed.
     fn witness_report(&self, s: &State, from: usize, report: &Report) -> (Answer, Grants) {
-        type Key = (Durable, bool, usize, (bool, u64, bool, bool, bool), bool);
+        type Key = (Durable, bool, usize, (bool, u64, bool, bool, bool), (bool, bool));
         thread_local! {
             static ANSWERS: RefCell<HashMap<Key, (Answer, Grants)>> = RefCell::new(HashMap::new());
         }
@@ -686,7 +747,7 @@ impl MirroringModel {
             s.principal_silent,
             from,
             (r.role == ReportRole::Principal, r.role_sequence, r.synchronized, r.exposed, r.wants_failover),
-            self.rules.witness_ignores_exposure,
+            (self.rules.witness_ignores_exposure, self.rules.stale_principal_takes_exposure),
         );
         if let Some(found) = ANSWERS.with(|a| a.borrow().get(&key).cloned()) {
             return found;
@@ -697,41 +758,49 @@ impl MirroringModel {
         if self.rules.witness_ignores_exposure && report.role == ReportRole::Mirror {
             grants.exposed_at = None;
         }
+        // The old witness (revert of fix 3) judged a principal's report by its `role_sequence`
+        // alone: hiding the grants from the real one for a principal's report gives exactly that
+        // (its `Principal` arm reads them only for that guard); they are put back afterwards,
+        // and the answer's role sequence counts them, as the old answer did.
+        let hidden = match report.role {
+            ReportRole::Principal if self.rules.stale_principal_takes_exposure => std::mem::take(&mut grants.granted),
+            _ => Vec::new(),
+        };
         let mut witness = Witness::restore([(session.clone(), grants)], t0());
         let now = if s.principal_silent { t0() + TIMEOUT } else { t0() };
-        let (answer, _) = witness.on_numbered_report(&session, NAMES[from], report, 1, now, TIMEOUT);
+        let (mut answer, _) = witness.on_numbered_report(&session, NAMES[from], report, 1, now, TIMEOUT);
         let mut after = witness.grants().next().expect("one session").1.clone();
         if self.rules.witness_ignores_exposure && report.role == ReportRole::Mirror {
             after.exposed_at = exposed_at;
+        }
+        if !hidden.is_empty() {
+            answer.role_sequence = answer.role_sequence.max(hidden.iter().map(|(rs, _)| *rs).max().unwrap_or(0));
+            after.granted = hidden;
         }
         after.exposed_report = 0; // reports arrive in order: the next one is always newer
         ANSWERS.with(|a| a.borrow_mut().insert(key, (answer, after.clone())));
         (answer, after)
     }
 
-    /// The report partner `i` sends now (as the server's `report_to_witness` builds it).
-    fn report_of(&self, p: &Partner) -> Report {
+    /// What partner `p` is, as the server's `report_to_witness` describes it to the real
+    /// `WitnessClient::report` (which builds the report): a principal says whether it is
+    /// SYNCHRONIZED and exposed; a mirror whether the principal's last ping said SYNCHRONIZED
+    /// under SAFETY FULL, and whether it has lost the principal (the real `principal_lost`, asked
+    /// at `T0 + timeout` once the model's `MirrorTimeout` has passed).
+    fn view_of(&self, s: &State, p: &Partner) -> PartnerView {
         match p.role {
-            Role::Principal => {
-                let s = p.session();
-                let covered = s.mirror_hardened() >= p.answered_alone_lsn; // 0 unless the fix
-                Report {
-                    role: ReportRole::Principal,
-                    role_sequence: p.rs,
-                    synchronized: s.synchronized() && covered,
-                    exposed: s.inner.is_exposed(),
-                    wants_failover: false,
-                }
-            }
+            Role::Principal => PartnerView::Principal {
+                role_sequence: p.rs,
+                synchronized: p.session().synchronized(),
+                exposed: p.session().inner.is_exposed(),
+            },
             Role::Mirror => {
-                let synchronized =
-                    (p.principal_synchronized && p.principal_full) || self.rules.mirror_claims_synchronized;
-                Report {
-                    role: ReportRole::Mirror,
+                let now = if p.principal_lost { t0() + TIMEOUT } else { t0() };
+                PartnerView::Mirror {
                     role_sequence: p.rs,
-                    synchronized,
-                    exposed: false,
-                    wants_failover: p.principal_lost && synchronized,
+                    synchronized: (p.principal_synchronized && p.principal_full)
+                        || self.rules.mirror_claims_synchronized,
+                    principal_lost: principal_lost(s.conn, t0(), now, TIMEOUT),
                 }
             }
         }
@@ -892,7 +961,12 @@ impl MirroringModel {
             }
             Action::MirrorTimeout(i) => {
                 let p = &l.p[i];
-                if !p.up || p.role != Role::Mirror || p.principal_lost || l.conn {
+                // The real `principal_lost`: not connected, and not heard for the timeout.
+                if !p.up
+                    || p.role != Role::Mirror
+                    || p.principal_lost
+                    || !principal_lost(l.conn, t0(), t0() + TIMEOUT, TIMEOUT)
+                {
                     return None;
                 }
                 s = l.clone();
@@ -900,8 +974,8 @@ impl MirroringModel {
             }
             Action::WitnessTimeout => {
                 // Silence needs every principal's lease to have run out (they count from reports
-                // the witness heard) and no principal of its role sequence reaching it.
-                let newest = l.witness.0.role_sequence;
+                // the witness heard) and no principal it would hear (not stale) reaching it.
+                let newest = self.witness_known(&l.witness.0);
                 let blocked = (0..2).any(|i| {
                     let p = &l.p[i];
                     p.up && p.is_principal() && (p.lease || (l.link(i, W) && p.rs >= newest))
@@ -939,7 +1013,10 @@ impl MirroringModel {
                 Self::drop_conn(&mut s);
                 let p = &mut s.p[i];
                 p.up = false;
-                if p.failover_sent && self.rules.fix_persist_failover {
+                if p.failover_sent && !self.rules.unpersisted_failover {
+                    // `PrincipalLink::persist`: once FAILOVER is sent, what is stored is the
+                    // in-doubt outcome (the mirror at the next role sequence), so the restart
+                    // comes back as that mirror.
                     let rs = p.rs + 1;
                     p.become_mirror(rs);
                 }
@@ -1102,16 +1179,22 @@ impl MirroringModel {
     }
 
     /// Partner `i` reports to the witness (the real one); the answer comes back if W→i is up.
+    /// The report is built, and its answer taken, by a real `WitnessClient` (as the server's
+    /// `report_to_witness` and `witness_answer` do), a fresh one for each report: reports are
+    /// answered at once and in order here, so what a client remembers of earlier reports changes
+    /// nothing, except a lease that an answer leaves as it was (the model keeps `lease` for that).
     fn report(&self, l: &State, i: usize) -> Option<State> {
         let p = &l.p[i];
         if !p.up || p.fenced || !l.witness_up || !l.link(i, W) {
             return None;
         }
-        let report = self.report_of(p);
+        let mut client = WitnessClient::new();
+        let (number, report) = client.report(self.view_of(l, p), 0, t0());
         if report.wants_failover && l.failovers >= self.bounds.failovers {
             return None; // the bound: no more role changes
         }
-        let heard_principal = report.role == ReportRole::Principal && report.role_sequence >= l.witness.0.role_sequence;
+        let heard_principal =
+            report.role == ReportRole::Principal && report.role_sequence >= self.witness_known(&l.witness.0);
         let (answer, grants) = self.witness_report(l, i, &report);
         let mut s = l.clone();
         s.witness = Durable(grants);
@@ -1121,29 +1204,45 @@ impl MirroringModel {
         let delivered = s.link(W, i);
         let p = &mut s.p[i];
         if !delivered {
+            // `WitnessClient::report`: sending a report that is not exposed ends the exposure
+            // and forgets its record.
             if !report.exposed {
-                p.exposure_recorded = false; // the server clears it when it sends such a report
+                p.exposure_recorded = false;
             }
             return Some(s);
         }
+        let role = match p.role {
+            Role::Principal => ReportRole::Principal,
+            Role::Mirror => ReportRole::Mirror,
+        };
+        let effects = client.on_answer(number, answer, role, p.rs, TIMEOUT);
         match p.role {
-            Role::Principal => {
-                p.lease = true;
-                p.exposure_recorded = report.exposed && answer.exposure_recorded;
-                if answer.role_sequence > p.rs {
-                    if !self.rules.fix_fence_before_exposure {
-                        self.answer(&mut s); // as built: the commit rule ignores the fence
-                    }
-                    s.p[i].fence();
+            Role::Principal if effects.fence.is_some() => {
+                if self.rules.stale_principal_takes_exposure {
+                    // The old `on_answer` took the lease and the record from this answer too, and
+                    // the old `commit_lsn` ignored `fenced_by`: the commits waiting for the record
+                    // were answered before the fence took effect.
+                    p.lease = true;
+                    p.exposure_recorded = report.exposed && answer.exposure_recorded;
+                    self.answer(&mut s);
+                } else {
+                    // As built: a stale principal gets neither lease nor record from the answer,
+                    // and is fenced; nothing is answered in between.
+                    debug_assert!(!client.lease_valid(t0()) && !client.exposure_recorded());
                 }
+                s.p[i].fence();
+            }
+            Role::Principal => {
+                p.lease = client.lease_valid(t0());
+                p.exposure_recorded = client.exposure_recorded();
             }
             Role::Mirror => {
-                if answer.granted == Some(p.rs + 1) {
+                if effects.take_over == Some(p.rs + 1) {
                     // The answer that grants also gives the lease (a mirror's lease matters only
                     // from here on, so the model tracks none before). A mirror acts on a grant
                     // whenever it gets one (the server's `witness_answer`), connected or not; its
                     // connection to the old principal ends.
-                    p.lease = true;
+                    p.lease = client.lease_valid(t0());
                     p.become_principal(p.rs + 1);
                     Self::drop_conn(&mut s);
                     s.failovers += 1;
@@ -1207,7 +1306,6 @@ impl Model for MirroringModel {
             lease: false,
             exposure_recorded: false,
             waiting: 0,
-            answered_alone_lsn: 0,
             failover_sent: false,
             failover_frame: false,
             failover_done_frame: false,
@@ -1324,14 +1422,9 @@ const MIRROR_PREFIX: &str = "mirror is prefix";
 
 const ALWAYS: [&str; 5] = [NO_LOST_COMMIT, ONE_PRINCIPAL, NO_SPLIT_BRAIN, NO_OVERLAP, MIRROR_PREFIX];
 
-/// The rules as built plus the three fixes the model proposes (see the `finding_*` tests).
-fn fixed() -> Rules {
-    Rules {
-        fix_persist_failover: true,
-        fix_sync_covers_exposed: true,
-        fix_fence_before_exposure: true,
-        ..Rules::default()
-    }
+/// The rules as built (three fixes included: see the `planted_*_revert` tests), no bug planted.
+fn as_built() -> Rules {
+    Rules::default()
 }
 
 /// Checks `rules` exhaustively within `bounds`: no always-property may be violated, and every
@@ -1390,71 +1483,76 @@ const fn bounds(commits: u8, failovers: u8, faults: u8) -> Bounds {
     Bounds { commits, failovers, safety_changes: 0, faults, admin: false }
 }
 
-// --- the rules (as built, with the three proposed fixes) hold --------------------------------
+// --- the rules as built hold ------------------------------------------------------------------
 
 #[test]
 fn rules_hold_with_two_commits() {
-    check_exhaustively("two commits", fixed(), bounds(2, 1, 1));
+    check_exhaustively("two commits", as_built(), bounds(2, 1, 1));
 }
 
 #[test]
 fn rules_hold_with_two_failovers() {
-    check_exhaustively("two failovers", fixed(), bounds(1, 2, 1));
+    check_exhaustively("two failovers", as_built(), bounds(1, 2, 1));
 }
 
 #[test]
 fn rules_hold_with_two_faults_at_once() {
-    check_exhaustively("two faults at once", fixed(), bounds(1, 1, 2));
+    check_exhaustively("two faults at once", as_built(), bounds(1, 1, 2));
 }
 
 #[test]
 fn rules_hold_with_manual_failover_and_forced_service() {
-    check_exhaustively("admin", fixed(), Bounds { admin: true, ..bounds(1, 1, 1) });
+    check_exhaustively("admin", as_built(), Bounds { admin: true, ..bounds(1, 1, 1) });
 }
 
 #[test]
 fn rules_hold_with_safety_changes() {
-    check_exhaustively("SET SAFETY", fixed(), Bounds { safety_changes: 1, ..bounds(1, 1, 1) });
+    check_exhaustively("SET SAFETY", as_built(), Bounds { safety_changes: 1, ..bounds(1, 1, 1) });
 }
 
-// --- findings: counterexamples against the rules as built ------------------------------------
+// --- the three fixes matter: the checker finds each one's revert --------------------------------
 
-/// FINDING 1. A principal that restarts after sending FAILOVER and before FAILOVER_DONE comes back
-/// as the principal of its old role sequence (nothing about the failover was persisted), while
-/// its partner already serves at the next one. If the witness has not heard the new principal
-/// yet, it records the old one's exposure and gives it a lease: it answers commits alone, and
-/// they are lost when it learns of the newer role sequence and rejoins as the mirror.
+/// REVERT OF FIX 1 (finding 1). A principal that restarts after sending FAILOVER and before
+/// FAILOVER_DONE comes back as the principal of its old role sequence (nothing about the failover
+/// was persisted), while its partner already serves at the next one. If the witness has not heard
+/// the new principal yet, it records the old one's exposure and gives it a lease: it answers
+/// commits alone, and they are lost when it learns of the newer role sequence and rejoins as the
+/// mirror. As built, `drive_failover` persists the in-doubt outcome first.
 #[test]
-fn finding_restart_during_manual_failover_loses_a_commit() {
-    let as_built = Rules { fix_persist_failover: false, ..fixed() };
+fn planted_unpersisted_failover_revert() {
+    let rules = Rules { unpersisted_failover: true, ..as_built() };
     let bounds = Bounds { admin: true, ..bounds(1, 1, 1) };
-    let steps = counterexample(as_built, bounds, NO_LOST_COMMIT).expect("the as-built rule loses a commit");
-    println!("finding 1: a commit lost in {steps} steps");
+    let steps = counterexample(rules, bounds, NO_LOST_COMMIT).expect("the revert loses a commit");
+    println!("revert of fix 1 (unpersisted failover): a commit lost in {steps} steps");
 }
 
-/// FINDING 2. A principal that ran exposed while SYNCHRONIZING becomes SYNCHRONIZED once the
-/// mirror acknowledges the LSN where live shipping began, though commits it answered alone after
-/// that LSN are not on the mirror yet; it then reports SYNCHRONIZED, the witness clears its
-/// exposure record, and a ping tells the mirror SYNCHRONIZED. If the principal is lost then, the
-/// witness grants the failover and those commits are lost.
+/// REVERT OF FIX 2 (finding 2). A principal that runs exposed while SYNCHRONIZING answers alone
+/// even after shipping caught up; it becomes SYNCHRONIZED once the mirror acknowledges the LSN
+/// where live shipping began, though commits it answered alone after that LSN are not on the
+/// mirror yet; it then reports SYNCHRONIZED, the witness clears its exposure record, and a ping
+/// tells the mirror SYNCHRONIZED. If the principal is lost then, the witness grants the failover
+/// and those commits are lost. As built, `PrincipalSession::commit_lsn` waits for the mirror once
+/// a sync target is set.
 #[test]
-fn finding_synchronized_before_exposed_commits_reach_the_mirror() {
-    let as_built = Rules { fix_sync_covers_exposed: false, ..fixed() };
-    let steps = counterexample(as_built, bounds(2, 1, 1), NO_LOST_COMMIT).expect("the as-built rule loses a commit");
-    println!("finding 2: a commit lost in {steps} steps");
+fn planted_answers_alone_until_synchronized_revert() {
+    let rules = Rules { answers_alone_until_synchronized: true, ..as_built() };
+    let steps = counterexample(rules, bounds(2, 1, 1), NO_LOST_COMMIT).expect("the revert loses a commit");
+    println!("revert of fix 2 (answers alone until SYNCHRONIZED): a commit lost in {steps} steps");
 }
 
-/// FINDING 3. A principal cut off from the witness while its commits wait for the exposure record
-/// (the mirror is gone too) reconnects to the witness after the witness granted N+1 to the
-/// mirror. The witness records its exposure anyway (a grant does not raise the witness's role
-/// sequence) and answers "exposure recorded" together with role sequence N+1; the server takes
-/// the exposure record and the lease before the fence, and its `commit_lsn` ignores `fenced_by`:
-/// the waiting commits are answered at N and lost.
+/// REVERT OF FIX 3 (finding 3). A principal cut off from the witness while its commits wait for
+/// the exposure record (the mirror is gone too) reaches the witness again after it granted N+1 to
+/// the mirror. The old witness records its exposure anyway (a grant does not raise its role
+/// sequence) and answers "exposure recorded" together with role sequence N+1; the old client
+/// takes the record and the lease before the fence, and the old `commit_lsn` ignores `fenced_by`:
+/// the waiting commits are answered at N and lost. As built, the witness records nothing for a
+/// principal below a granted role sequence, the client takes neither lease nor record from an
+/// answer that fences it, and a fenced principal releases only what its mirror hardened.
 #[test]
-fn finding_exposure_recorded_after_the_grant_releases_commits() {
-    let as_built = Rules { fix_fence_before_exposure: false, ..fixed() };
-    let steps = counterexample(as_built, bounds(1, 1, 2), NO_LOST_COMMIT).expect("the as-built rule loses a commit");
-    println!("finding 3: a commit lost in {steps} steps");
+fn planted_stale_principal_takes_exposure_revert() {
+    let rules = Rules { stale_principal_takes_exposure: true, ..as_built() };
+    let steps = counterexample(rules, bounds(1, 1, 2), NO_LOST_COMMIT).expect("the revert loses a commit");
+    println!("revert of fix 3 (a stale principal takes the exposure record): a commit lost in {steps} steps");
 }
 
 // --- planted bugs: the checker finds each ------------------------------------------------------
@@ -1462,7 +1560,7 @@ fn finding_exposure_recorded_after_the_grant_releases_commits() {
 /// (a) The witness grants a failover while the principal's exposure is recorded.
 #[test]
 fn planted_witness_ignores_the_exposure_record() {
-    let rules = Rules { witness_ignores_exposure: true, ..fixed() };
+    let rules = Rules { witness_ignores_exposure: true, ..as_built() };
     let steps = counterexample(rules, bounds(1, 1, 1), NO_LOST_COMMIT).expect("found");
     println!("planted (a): {steps} steps");
 }
@@ -1470,7 +1568,7 @@ fn planted_witness_ignores_the_exposure_record() {
 /// (b) The principal answers a FULL commit on the local flush alone, even when SYNCHRONIZED.
 #[test]
 fn planted_ack_before_the_mirror_hardened() {
-    let rules = Rules { ack_before_mirror_hardened: true, ..fixed() };
+    let rules = Rules { ack_before_mirror_hardened: true, ..as_built() };
     let steps = counterexample(rules, bounds(1, 1, 1), NO_LOST_COMMIT).expect("found");
     println!("planted (b): {steps} steps");
 }
@@ -1479,7 +1577,7 @@ fn planted_ack_before_the_mirror_hardened() {
 /// keeps its answers safe, so the counterexample uses SAFETY OFF: split brain.
 #[test]
 fn planted_principal_without_quorum_keeps_serving() {
-    let rules = Rules { serve_without_quorum: true, ..fixed() };
+    let rules = Rules { serve_without_quorum: true, ..as_built() };
     let bounds = Bounds { safety_changes: 1, ..bounds(1, 1, 1) };
     let steps = counterexample(rules, bounds, NO_SPLIT_BRAIN).expect("found");
     println!("planted (c): {steps} steps");
@@ -1488,7 +1586,7 @@ fn planted_principal_without_quorum_keeps_serving() {
 /// (d) The witness forgets its records (exposure, grants) when it restarts.
 #[test]
 fn planted_witness_forgets_on_restart() {
-    let rules = Rules { witness_forgets_on_restart: true, ..fixed() };
+    let rules = Rules { witness_forgets_on_restart: true, ..as_built() };
     let steps = counterexample(rules, bounds(1, 1, 1), NO_LOST_COMMIT).expect("found");
     println!("planted (d): {steps} steps");
 }
@@ -1496,7 +1594,7 @@ fn planted_witness_forgets_on_restart() {
 /// (e) Manual failover without waiting for the mirror to harden and acknowledge the whole log.
 #[test]
 fn planted_manual_failover_without_the_drain() {
-    let rules = Rules { manual_failover_undrained: true, ..fixed() };
+    let rules = Rules { manual_failover_undrained: true, ..as_built() };
     let steps = counterexample(rules, Bounds { admin: true, ..bounds(1, 1, 0) }, MIRROR_PREFIX).expect("found");
     println!("planted (e): {steps} steps");
 }
@@ -1507,14 +1605,16 @@ fn planted_manual_failover_without_the_drain() {
 /// mirror restored from an old backup or a witness that lost its disk.)
 #[test]
 fn observation_the_grant_needs_no_synchronized_mirror_here() {
-    let rules = Rules { mirror_claims_synchronized: true, ..fixed() };
+    let rules = Rules { mirror_claims_synchronized: true, ..as_built() };
     check_exhaustively("mirror claims SYNCHRONIZED", rules, bounds(1, 1, 1));
 }
 
 #[test]
 #[ignore]
 fn explore() {
-    let env = |k: &str, d: u8| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
+        std::env::var(k).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{k}={v}: not a number"))).unwrap_or(d)
+    }
     let bounds = Bounds {
         commits: env("C", 2),
         failovers: env("F", 2),
@@ -1524,19 +1624,27 @@ fn explore() {
     };
     let started = Instant::now();
     let rules = Rules {
-        fix_persist_failover: env("FIX1", 1) == 1,
-        fix_sync_covers_exposed: env("FIX2", 1) == 1,
-        fix_fence_before_exposure: env("FIX3", 1) == 1,
-        ..Rules::default()
+        unpersisted_failover: env("REVERT1", 0) == 1,
+        answers_alone_until_synchronized: env("REVERT2", 0) == 1,
+        stale_principal_takes_exposure: env("REVERT3", 0) == 1,
+        ..as_built()
     };
+    let target = env("N", 50usize) * 100_000;
     let checker = MirroringModel::new(rules, bounds)
         .checker()
-        .target_state_count(env("N", 50) as usize * 100_000)
+        .target_state_count(target)
         .finish_when(if env("FIRST", 1) == 1 { HasDiscoveries::AnyFailures } else { HasDiscoveries::All })
         .spawn_bfs()
         .join();
+    let how = if ALWAYS.iter().any(|name| checker.discovery(name).is_some()) {
+        "stopped at a counterexample"
+    } else if checker.state_count() < target {
+        "every reachable state"
+    } else {
+        "stopped at N × 100,000 states"
+    };
     println!(
-        "{bounds:?}: {} states ({} unique), depth {}, in {:.1?}",
+        "{bounds:?}: {} states ({} unique), depth {}, in {:.1?} ({how})",
         checker.state_count(),
         checker.unique_state_count(),
         checker.max_depth(),
