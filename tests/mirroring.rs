@@ -135,6 +135,18 @@ fn digests(report: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the mirror knows its principal's endpoint (it learns it from pings: forced service
+/// needs it) and has hardened everything the principal has.
+fn wait_mirror_holds_everything(pair: &Pair) {
+    wait_for("the mirror to know its principal's endpoint", Duration::from_secs(10), || {
+        !status(pair.mirror(), 0)["partner"].is_empty()
+    });
+    let hardened: u64 = status(pair.principal(), 0)["lsn_hardened"].parse().unwrap();
+    wait_for("the mirror to harden everything", Duration::from_secs(10), || {
+        status(pair.mirror(), 0)["lsn_hardened"].parse::<u64>().unwrap() >= hardened
+    });
+}
+
 fn set(c: &mut Client, key: &str, value: &[u8]) -> bool {
     matches!(c.command(&[b"SET", key.as_bytes(), value]), Ok(Value::Simple(s)) if s == "OK")
 }
@@ -1202,13 +1214,7 @@ fn after_forced_service_the_old_principal_rejoins_and_reports_what_it_discarded(
     for i in 0..50 {
         assert!(set(&mut c, &format!("shipped{i}"), b"1"));
     }
-    wait_for("the mirror to know its principal's endpoint", Duration::from_secs(10), || {
-        !status(pair.mirror(), 0)["partner"].is_empty()
-    });
-    let hardened: u64 = status(pair.principal(), 0)["lsn_hardened"].parse().unwrap();
-    wait_for("the mirror to harden everything", Duration::from_secs(10), || {
-        status(pair.mirror(), 0)["lsn_hardened"].parse::<u64>().unwrap() >= hardened
-    });
+    wait_mirror_holds_everything(&pair);
     // SAFETY OFF, the mirror cut off: these are acknowledged by the principal alone.
     proxy.set(Fault::BlackHole);
     for i in 0..30 {
@@ -1272,13 +1278,7 @@ fn a_rejoining_principal_rewinds_pages_it_wrote_past_the_failover_lsn() {
     for i in 0..400 {
         assert!(set(&mut c, &format!("k{i:04}"), &value("shipped", i)));
     }
-    wait_for("the mirror to know its principal's endpoint", Duration::from_secs(10), || {
-        !status(pair.mirror(), 0)["partner"].is_empty()
-    });
-    let hardened: u64 = status(pair.principal(), 0)["lsn_hardened"].parse().unwrap();
-    wait_for("the mirror to harden everything", Duration::from_secs(10), || {
-        status(pair.mirror(), 0)["lsn_hardened"].parse::<u64>().unwrap() >= hardened
-    });
+    wait_mirror_holds_everything(&pair);
     // Cut off: the principal changes every leaf and checkpoints them to disk.
     proxy.set(Fault::BlackHole);
     let persistence = |pair: &Pair, field: &str| {

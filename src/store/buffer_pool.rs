@@ -154,6 +154,8 @@ pub struct BufferPool {
     writes_in_flight: usize,
     /// A miss is reported (`Error::PageNotCached`) instead of read on the spot.
     async_misses: bool,
+    /// Inspection: dirty pages (installed from an in-memory redo) are never written or evicted.
+    read_only: bool,
     /// Ring reads in flight; true once the page was installed by another path meanwhile (the
     /// read's content may then be older: it is dropped).
     reads_in_flight: HashMap<PageId, bool, BuildHasherDefault<PageIdHasher>>,
@@ -181,6 +183,7 @@ impl BufferPool {
             checkpoint_queue: VecDeque::new(),
             writes_in_flight: 0,
             async_misses: false,
+            read_only: false,
             reads_in_flight: HashMap::default(),
             fail_page_write_number: None,
             ring_page_writes: 0,
@@ -316,6 +319,9 @@ impl BufferPool {
                 f.referenced = false;
                 continue;
             }
+            if f.dirty && self.read_only {
+                continue;
+            }
             if f.dirty && f.barrier > self.lsn_hardened {
                 waiting_for = Some(waiting_for.map_or(f.barrier, |w: Lsn| w.min(f.barrier)));
                 continue;
@@ -350,6 +356,12 @@ impl BufferPool {
         }
         self.stats.evictions += 1;
         i
+    }
+
+    /// Makes the pool read-only (inspection): dirty pages stay in memory and are never written;
+    /// a pool full of them reports `CacheFull`.
+    pub fn set_read_only(&mut self) {
+        self.read_only = true;
     }
 
     /// Asks for cache misses to be reported (`Error::PageNotCached`) instead of read on the spot.

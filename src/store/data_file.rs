@@ -54,6 +54,22 @@ impl DataFile {
         Ok(data)
     }
 
+    /// Opens an existing data file for reading only (inspection): any write through it fails
+    /// with an error instead of changing the file.
+    pub fn open_read_only(path: &Path, db_id: DbId) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(path)
+            .context(|| format!("open {}", path.display()))?;
+        let len = file.metadata().context(|| format!("stat {}", path.display()))?.len();
+        if len % PAGE_SIZE as u64 != 0 {
+            return Err(Error::Config(format!("{}: length {len} is not a whole number of pages", path.display())));
+        }
+        Ok(Self { file, path: path.to_path_buf(), db_id, capacity_pages: len / PAGE_SIZE as u64 })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

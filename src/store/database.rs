@@ -596,8 +596,41 @@ impl Database {
     }
 }
 
+/// The database in `dir` as crash recovery would find it, computed in memory without changing
+/// any file: every page that redo from the checkpoint would write, with its content, beside the
+/// report (`inspect pages` walks the tree over these and the data file's other pages).
+pub fn recovered_pages(dir: &Path, db_id: DbId, data: &DataFile) -> Result<(RedoReport, Vec<AlignedBuf>)> {
+    let from = ControlFile::new(dir, db_id).read()?;
+    let mut pool = BufferPool::new(DataFile::open_read_only(data.path(), db_id)?, 16);
+    let (report, pages) = redo_in_memory(&dir.join("log"), db_id, from, &mut pool)?;
+    let mut out = Vec::with_capacity(pages.len());
+    for (_, (buf, trusted)) in pages {
+        if !trusted {
+            return Err(Error::PageCorrupt(page::PageError::ChecksumMismatch(page::page_id(&buf))));
+        }
+        out.push(buf);
+    }
+    Ok((report, out))
+}
+
 /// Redo from `from`: applies every whole transaction's page records to the data file's pages.
 fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result<RedoReport> {
+    let (report, pages) = redo_in_memory(log_dir, db_id, from, pool)?;
+    for (_, (mut buf, trusted)) in pages {
+        if !trusted {
+            return Err(Error::PageCorrupt(page::PageError::ChecksumMismatch(page::page_id(&buf))));
+        }
+        pool.data_file().write_page(&mut buf)?;
+    }
+    pool.data_file().sync()?;
+    Ok(report)
+}
+
+/// The pages redo from `from` changes, with whether each is trusted (verified on disk or
+/// restored from a full image), and the report.
+type RedonePages = HashMap<PageId, (AlignedBuf, bool)>;
+
+fn redo_in_memory(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result<(RedoReport, RedonePages)> {
     let mut report = RedoReport { redo_from: from, ..Default::default() };
     let mut pages: HashMap<PageId, (AlignedBuf, bool)> = HashMap::new();
     let mut open_tx: Vec<(RecordKind, Vec<u8>, Lsn)> = Vec::new();
@@ -627,14 +660,7 @@ fn redo(log_dir: &Path, db_id: DbId, from: Lsn, pool: &mut BufferPool) -> Result
     }
     report.incomplete_transaction_records = open_tx.len() as u64;
     report.incomplete_transaction = open_tx;
-    for (_, (mut buf, trusted)) in pages {
-        if !trusted {
-            return Err(Error::PageCorrupt(page::PageError::ChecksumMismatch(page::page_id(&buf))));
-        }
-        pool.data_file().write_page(&mut buf)?;
-    }
-    pool.data_file().sync()?;
-    Ok(report)
+    Ok((report, pages))
 }
 
 fn redo_one(
