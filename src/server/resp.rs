@@ -6,7 +6,7 @@
 //! buffer, or says it needs more bytes. Every length is checked against a limit before anything
 //! is allocated or sliced; errors carry Redis's own wording ("Protocol error: …"), and the
 //! connection that sent them is closed after the error is written, as Redis does.
-//! Reference: https://redis.io/docs/latest/develop/reference/protocol-spec/
+//! Reference: <https://redis.io/docs/latest/develop/reference/protocol-spec/>
 
 use std::ops::Range;
 
