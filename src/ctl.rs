@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 pub enum CtlRequest {
     Status,
     SetPartner(String),
+    SetWitness(String),
     SetSafety(String),
     Suspend,
     Resume,
@@ -26,6 +27,7 @@ impl CtlRequest {
         let words: Vec<&str> = match self {
             CtlRequest::Status => vec!["MIRROR", "STATUS"],
             CtlRequest::SetPartner(p) => vec!["MIRROR", "SET", "PARTNER", p],
+            CtlRequest::SetWitness(w) => vec!["MIRROR", "SET", "WITNESS", w],
             CtlRequest::SetSafety(s) => vec!["MIRROR", "SET", "SAFETY", s],
             CtlRequest::Suspend => vec!["MIRROR", "SUSPEND"],
             CtlRequest::Resume => vec!["MIRROR", "RESUME"],

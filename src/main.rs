@@ -194,6 +194,9 @@ enum CtlCommand {
     /// Sets the partner: on a RESTORING database (the mirror) first, then on the principal,
     /// which starts the session. PARTNER is tcp://HOST:PORT of the other side's endpoint.
     SetPartner { db: usize, partner: String },
+    /// Sets the witness (on both partners): WITNESS is tcp://HOST:PORT of `mirrorlog witness`'s
+    /// endpoint. With SAFETY FULL it makes failover automatic.
+    SetWitness { db: usize, witness: String },
     /// Sets the transaction safety on the principal: full or off.
     SetSafety {
         db: usize,
@@ -464,6 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (db, request) = match args.command {
                 CtlCommand::Status { db } => (db, CtlRequest::Status),
                 CtlCommand::SetPartner { db, partner } => (db, CtlRequest::SetPartner(partner)),
+                CtlCommand::SetWitness { db, witness } => (db, CtlRequest::SetWitness(witness)),
                 CtlCommand::SetSafety { db, safety } => (db, CtlRequest::SetSafety(safety.to_uppercase())),
                 CtlCommand::Suspend { db } => (db, CtlRequest::Suspend),
                 CtlCommand::Resume { db } => (db, CtlRequest::Resume),

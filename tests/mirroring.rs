@@ -680,6 +680,19 @@ fn ctl_sets_up_a_session_the_sql_server_way_mirror_first() {
     assert_eq!(status(&principal, 0)["state"], "SUSPENDED");
     assert_eq!(ctl(&principal, &["resume", "0"]), (true, "OK\n".into()));
     wait_for("SYNCHRONIZED again", Duration::from_secs(20), || status(&principal, 0)["state"] == "SYNCHRONIZED");
+    // A witness, set on both partners with ctl; it needs SAFETY FULL, and says so.
+    let witness = WitnessProcess::start(&dir.path().join("w"), &key, "10");
+    let w = format!("tcp://{}", witness.addr);
+    let (ok, text) = ctl(&principal, &["set-witness", "0", &w]);
+    assert!(!ok && text.contains("a witness needs SAFETY FULL"), "{text}");
+    assert_eq!(ctl(&principal, &["set-safety", "0", "full"]), (true, "OK\n".into()));
+    assert_eq!(ctl(&mirror, &["set-witness", "0", &w]), (true, "OK\n".into()));
+    assert_eq!(ctl(&principal, &["set-witness", "0", &w]), (true, "OK\n".into()));
+    wait_for("both partners on the witness", Duration::from_secs(20), || {
+        let (p, m) = (status(&principal, 0), status(&mirror, 0));
+        p["witness"] == w && p["witness_lease"] == "1" && m["witness"] == w && m["witness_connected"] == "1"
+    });
+    assert_eq!(status(&principal, 0)["quorum"], "1");
     assert_eq!(c.command(&[b"SET", b"after", b"mirroring"]).unwrap(), Value::Simple("OK".into()));
     let hardened: u64 = status(&principal, 0)["lsn_hardened"].parse().unwrap();
     wait_for("the mirror to redo everything", Duration::from_secs(20), || {
