@@ -1,20 +1,28 @@
 //! A deterministic simulation of a mirroring session: two partners and a witness on a simulated
 //! network (per-direction links that drop, delay and reorder, partitions of any pair), simulated
 //! disks (a crash loses what was not flushed), a simulated clock, and clients committing all
-//! the time. The partners' commit rule and states are the real `PrincipalSession`; the witness is
-//! the real `witness::Witness`. The log shipping, the mirror and the lease are modelled here the
-//! way the server does them (`server::shard_server::peer`).
+//! the time. The partners' commit rule and states are the real `PrincipalSession`, the witness is
+//! the real `witness::Witness`, and each partner's side of the witness protocol (leases,
+//! exposure records, quorum) is the real `mirroring::witness_client::WitnessClient`. The log
+//! shipping and the mirror's log are modelled here the way the server does them
+//! (`server::shard_server::peer`).
 //!
-//! Invariants, checked as the run goes (`check_*`):
-//! - no commit acknowledged under SAFETY FULL is missing from a later principal's log;
-//! - at most one principal per role sequence;
-//! - no overlap in time: once a principal of role sequence N+1 has answered a commit, no
-//!   principal of a lower one answers another;
-//! - while SYNCHRONIZED, the log the mirror hardened and acknowledged is a prefix of its
-//!   principal's (same role sequence);
-//! - after every fault heals, a principal exists and commits proceed.
+//! Invariants, checked as the run goes, each in its own file:
+//! - `no_lost_commit`: no commit acknowledged under SAFETY FULL is missing from a later
+//!   principal's log;
+//! - `one_principal`: at most one principal per role sequence, and no overlap in time (once a
+//!   principal of role sequence N+1 has answered a commit, no principal of a lower one answers
+//!   another);
+//! - `mirror_prefix`: while SYNCHRONIZED, the log the mirror hardened and acknowledged is a
+//!   prefix of its principal's (same role sequence);
+//! - `progress`: after every fault heals, a principal exists and commits proceed.
 //!
 //! A run is a pure function of its seed: a failure prints the seed, and `run(seed)` replays it.
+
+mod mirror_prefix;
+mod no_lost_commit;
+mod one_principal;
+mod progress;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -434,13 +442,7 @@ impl Sim {
             p.flush = None;
             p.session = PrincipalSession::new(SafetyLevel::Full, Duration::from_millis(TIMEOUT_MS), None);
             self.failovers += 1;
-            let missing: Vec<u64> = self
-                .acknowledged
-                .iter()
-                .filter(|(id, _)| !self.nodes[n].log.iter().any(|(_, i)| i == *id))
-                .map(|(id, _)| *id)
-                .collect();
-            if let Some(id) = missing.first() {
+            if let Some(id) = no_lost_commit::first_missing(&self.acknowledged, &self.nodes[n].log) {
                 self.violation(format!(
                     "acknowledged commit {id} is missing from the new principal (role sequence {rs}, seed {})",
                     self.seed
@@ -565,7 +567,7 @@ impl Sim {
         for id in answered {
             self.acknowledged.insert(id, rs);
             self.answered.entry(rs).or_insert(now);
-            if let Some((&newer, _)) = self.answered.range(rs + 1..).next() {
+            if let Some(newer) = one_principal::newer_answered(&self.answered, rs) {
                 self.violation(format!(
                     "a principal of role sequence {rs} answered commit {id} after one of role sequence {newer} had (seed {})",
                     self.seed
@@ -576,8 +578,8 @@ impl Sim {
 
     fn check_invariants(&mut self) {
         let (a, b) = (&self.nodes[0], &self.nodes[1]);
-        if a.role == Role::Principal && b.role == Role::Principal && a.rs == b.rs && a.up && b.up {
-            let rs = a.rs;
+        let view = |p: &Partner| (p.up, p.role == Role::Principal, p.rs);
+        if let Some(rs) = one_principal::two_principals_at(view(a), view(b)) {
             self.violation(format!("two principals at role sequence {rs} (seed {})", self.seed));
         }
         for (m, p) in [(0, 1), (1, 0)] {
@@ -589,20 +591,20 @@ impl Sim {
                 && principal.role == Role::Principal
                 && mirror.rs == principal.rs
             {
-                // What the mirror hardened *and acknowledged* (an acknowledgement is counted
-                // only where both logs agree).
                 let acknowledged = principal.session.lsn_mirror_hardened().0 as usize;
-                let h = mirror.hardened.min(mirror.log.len()).min(acknowledged);
-                if h <= principal.log.len() && mirror.log[..h] != principal.log[..h] && principal.up && mirror.up {
-                    // The principal's own crash can cut its log below what the mirror has; that
-                    // is the case the real principal detects and refuses (check_tail).
-                    if principal.hardened >= h {
-                        let msg = format!(
-                            "the mirror's hardened log is not a prefix of the principal's (seed {})",
-                            self.seed
-                        );
-                        self.violation(msg);
-                    }
+                if principal.up
+                    && mirror.up
+                    && mirror_prefix::broken(
+                        &mirror.log,
+                        mirror.hardened,
+                        acknowledged,
+                        &principal.log,
+                        principal.hardened,
+                    )
+                {
+                    let msg =
+                        format!("the mirror's hardened log is not a prefix of the principal's (seed {})", self.seed);
+                    self.violation(msg);
                 }
             }
         }
@@ -622,7 +624,7 @@ impl Sim {
         for _ in 0..HEAL_MS {
             self.step(false);
         }
-        if self.acknowledged.len() == before {
+        if progress::stalled(before, self.acknowledged.len()) {
             let msg = format!("no commit answered in {HEAL_MS} ms after every fault healed (seed {})", self.seed);
             self.violation(msg);
         }
