@@ -102,6 +102,18 @@ impl Pair {
     }
 
     /// Both copies hold the same pages: the mirror redid everything, then both stop cleanly.
+    /// A SYNCHRONIZED pair whose principal reaches its mirror through a fault proxy (the
+    /// principal is restarted with the proxy's address as its partner).
+    fn start_behind_proxy(principal_args: &[&str], mirror_args: &[&str]) -> (Pair, mirrorlog::testing::FaultProxy) {
+        let mut pair = Pair::start(principal_args, mirror_args);
+        assert!(pair.principal.take().unwrap().stop());
+        let proxy = mirrorlog::testing::FaultProxy::start(pair.mirror().endpoint.unwrap()).unwrap();
+        pair.partner = proxy.addr();
+        pair.start_principal();
+        pair.wait_state(0, "SYNCHRONIZED");
+        (pair, proxy)
+    }
+
     /// Waits until the process acting as mirror now (either one: roles may have switched) has
     /// hardened and redone everything, stops both, and compares their pages.
     fn stop_and_compare(mut self) {
@@ -978,14 +990,11 @@ fn forced_service_serves_from_the_mirror_and_the_returning_old_principal_is_fenc
 
 #[test]
 fn a_black_holed_link_holds_full_commits_for_the_partner_timeout_and_heals() {
-    use mirrorlog::testing::{Fault, FaultProxy};
-    let mut pair =
-        Pair::start(&["--safety", "full", "--partner-timeout", "2", "--databases", "1"], &["--databases", "1"]);
-    assert!(pair.principal.take().unwrap().stop());
-    let proxy = FaultProxy::start(pair.mirror().endpoint.unwrap()).unwrap();
-    pair.partner = proxy.addr();
-    pair.start_principal();
-    pair.wait_state(0, "SYNCHRONIZED");
+    use mirrorlog::testing::Fault;
+    let (pair, proxy) = Pair::start_behind_proxy(
+        &["--safety", "full", "--partner-timeout", "2", "--databases", "1"],
+        &["--databases", "1"],
+    );
     let mut c = pair.principal().client();
     assert!(set(&mut c, "before", b"1"));
     // A silent network: connections stay open, nothing arrives.
@@ -1213,16 +1222,11 @@ fn after_an_automatic_failover_the_old_principal_rejoins_as_mirror_and_roles_swi
 
 #[test]
 fn after_forced_service_the_old_principal_rejoins_and_reports_what_it_discarded() {
-    use mirrorlog::testing::{Fault, FaultProxy};
-    let mut pair = Pair::start(
+    use mirrorlog::testing::Fault;
+    let (pair, proxy) = Pair::start_behind_proxy(
         &["--safety", "off", "--partner-timeout", "1", "--databases", "1"],
         &["--partner-timeout", "1", "--databases", "1"],
     );
-    assert!(pair.principal.take().unwrap().stop());
-    let proxy = FaultProxy::start(pair.mirror().endpoint.unwrap()).unwrap();
-    pair.partner = proxy.addr();
-    pair.start_principal();
-    pair.wait_state(0, "SYNCHRONIZED");
     let mut c = pair.principal().client();
     for i in 0..50 {
         assert!(set(&mut c, &format!("shipped{i}"), b"1"));
@@ -1273,19 +1277,14 @@ fn after_forced_service_the_old_principal_rejoins_and_reports_what_it_discarded(
 /// every page valid.
 #[test]
 fn a_rejoining_principal_rewinds_pages_it_wrote_past_the_failover_lsn() {
-    use mirrorlog::testing::{Fault, FaultProxy};
-    let mut pair = Pair::start(
+    use mirrorlog::testing::Fault;
+    let (pair, proxy) = Pair::start_behind_proxy(
         &["--safety", "off", "--partner-timeout", "1", "--databases", "1", "--checkpoint-interval", "0.1"],
         // No checkpoints on the new principal during the test: its records after forced service
         // are mostly diffs, with LSNs below those of the old principal's pages past the cut, so a
         // page not rewound would stay wrong (redo skips records below a page's LSN).
         &["--partner-timeout", "1", "--databases", "1"],
     );
-    assert!(pair.principal.take().unwrap().stop());
-    let proxy = FaultProxy::start(pair.mirror().endpoint.unwrap()).unwrap();
-    pair.partner = proxy.addr();
-    pair.start_principal();
-    pair.wait_state(0, "SYNCHRONIZED");
     let mut c = pair.principal().client();
     let value = |tag: &str, i: usize| format!("{tag}-{i}-").repeat(20).into_bytes();
     for i in 0..400 {
