@@ -960,10 +960,12 @@ fn server_info(args: &[&[u8]], info: &ServerInfo<'_>) -> Reply {
         text.push_str("# Persistence\r\nloading:0\r\nwal:on\r\n");
         for (i, s) in info.stats.iter().enumerate() {
             text.push_str(&format!(
-                "db{i}_lsn_appended:{}\r\ndb{i}_lsn_hardened:{}\r\ndb{i}_log_writes:{}\r\ndb{i}_checkpoint_lsn:{}\r\ndb{i}_checkpoints:{}\r\n",
+                "db{i}_lsn_appended:{}\r\ndb{i}_lsn_hardened:{}\r\ndb{i}_log_writes:{}\r\ndb{i}_log_records:{}\r\ndb{i}_log_write_us:{}\r\ndb{i}_checkpoint_lsn:{}\r\ndb{i}_checkpoints:{}\r\n",
                 s.lsn_appended.load(Relaxed),
                 s.lsn_hardened.load(Relaxed),
                 s.log_writes.load(Relaxed),
+                s.log_records.load(Relaxed),
+                s.log_write_micros.load(Relaxed),
                 s.checkpoint_lsn.load(Relaxed),
                 s.checkpoints.load(Relaxed)
             ));

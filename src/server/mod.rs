@@ -1,6 +1,7 @@
 //! The client-facing server: RESP (the Redis protocol) on the shard runtime.
 
 pub mod commands;
+pub mod conn_map;
 pub mod glob;
 pub mod resp;
 pub mod shard_server;

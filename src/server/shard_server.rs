@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::io::buffer::AlignedBuf;
 use crate::io::ring::{Completion, CompletionKind, OpId, Ring, Token};
 use crate::io::shard::ShardWork;
+use crate::server::conn_map::ConnMap;
 use crate::server::commands::{self, Cursors, Outcome, ServerInfo, Session};
 use crate::server::resp::{self, ParseError, Reply};
 use crate::server::shards::{Migration, Shared};
@@ -69,19 +70,32 @@ const TIMER_PERIOD: Duration = Duration::from_millis(100);
 /// At a stop, how long the server waits for clients to read their last replies.
 const STOP_SEND_GRACE: Duration = Duration::from_secs(5);
 
+/// A reply already encoded into the connection's output, held back until the commit it
+/// answers is durable (`wait`, in database `db`'s log; zero for replies that wait for nothing).
+/// Replies are released in order, so one held reply holds back every reply after it.
 struct PendingReply {
     db: usize,
     wait: Lsn,
-    bytes: Vec<u8>,
+    /// Where the reply's bytes end, as an offset in the connection's output stream.
+    end: u64,
 }
 
 struct Conn {
     fd: OwnedFd,
     session: Session,
     input: Vec<u8>,
+    /// Replies in `output` not yet released, oldest first.
     replies: VecDeque<PendingReply>,
+    /// Encoded replies not yet sent: `output[0]` is byte `output_base` of the connection's output
+    /// stream. Bytes before `released` may be sent; the rest belong to held replies.
     output: Vec<u8>,
+    output_base: u64,
+    released: u64,
+    /// Bytes of the send in flight (from the front of `output`), zero when none is.
     send_len: usize,
+    /// The buffer sends are copied into, kept between sends (it is in the ring while one is in
+    /// flight).
+    send_buf: Option<AlignedBuf>,
     receiving: bool,
     /// No more reading: close once everything queued is sent.
     closing: bool,
@@ -103,6 +117,20 @@ struct Conn {
 }
 
 impl Conn {
+    /// Encodes `reply` into the output, held until database `db`'s log is hardened to `wait`.
+    fn push_reply(&mut self, reply: &Reply, protocol: crate::server::resp::Protocol, db: usize, wait: Lsn) {
+        reply.encode(protocol, &mut self.output);
+        let end = self.output_base + self.output.len() as u64;
+        self.replies.push_back(PendingReply { db, wait, end });
+    }
+
+    /// Drops the held replies from the `first`-th on, bytes included (none of them was sent).
+    fn drop_replies_from(&mut self, first: usize) {
+        let start = if first == 0 { self.released } else { self.replies[first - 1].end };
+        self.output.truncate((start - self.output_base) as usize);
+        self.replies.truncate(first);
+    }
+
     fn new(fd: OwnedFd, mut session: Session, input: Vec<u8>) -> Self {
         session.async_page_reads = true;
         Self {
@@ -111,7 +139,10 @@ impl Conn {
             input,
             replies: VecDeque::new(),
             output: Vec::new(),
+            output_base: 0,
+            released: 0,
             send_len: 0,
+            send_buf: None,
             receiving: false,
             closing: false,
             waiting_space: None,
@@ -141,7 +172,7 @@ pub struct ServerShard {
     /// Indexed by database number; `None` for the databases of other shards.
     dbs: Vec<Option<Database>>,
     listener: Option<OwnedFd>,
-    conns: HashMap<u64, Conn>,
+    conns: ConnMap<Conn>,
     next_conn_id: u64,
     cursors: Cursors,
     stopping: bool,
@@ -188,6 +219,9 @@ pub struct ServerShard {
 }
 
 const SPARE_BUFS_MAX: usize = 256;
+/// A connection keeps its send buffer between sends up to this size (larger ones, for large
+/// replies, are freed after use).
+const SEND_BUF_KEPT: usize = 64 * 1024;
 /// Keys the expired-key sweep looks at per database per timer tick.
 const SWEEP_KEYS_PER_TICK: usize = 64;
 const SWEEP_REST_AFTER_ERROR: Duration = Duration::from_secs(60);
@@ -217,7 +251,7 @@ impl ServerShard {
             shared,
             dbs,
             listener,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
             next_conn_id: 1,
             cursors: Cursors::default(),
             stopping: false,
@@ -297,6 +331,8 @@ impl ServerShard {
             stats.lsn_appended.store(db.log.lsn_appended().0, Ordering::Relaxed);
             stats.lsn_hardened.store(db.log.lsn_hardened().0, Ordering::Relaxed);
             stats.log_writes.store(db.log.stats.writes, Ordering::Relaxed);
+            stats.log_records.store(db.log.stats.records_hardened, Ordering::Relaxed);
+            stats.log_write_micros.store(db.log.stats.write_micros, Ordering::Relaxed);
             stats.checkpoint_lsn.store(db.checkpoint_lsn().0, Ordering::Relaxed);
             stats.checkpoints.store(db.checkpoints, Ordering::Relaxed);
             stats.checkpoint_pages_left.store(db.checkpoint_pages_left() as u64, Ordering::Relaxed);
@@ -354,7 +390,7 @@ impl ServerShard {
             let client_id = self.shared.next_client_id.fetch_add(1, Ordering::SeqCst);
             let session = Session::new(client_id, self.config.requirepass.is_some());
             self.shared.clients.fetch_add(1, Ordering::SeqCst);
-            self.conns.insert(id, Conn::new(fd, session, Vec::new()));
+            self.conns.insert(id, Box::new(Conn::new(fd, session, Vec::new())));
             self.post_recv(ring, id)?;
         }
         self.accept_next(ring)
@@ -424,7 +460,7 @@ impl ServerShard {
             }
             return Ok(());
         }
-        let conn = self.conns.remove(&id).expect("present above");
+        let conn = *self.conns.remove(&id).expect("present above");
         let migration = Migration { fd: conn.fd, session: conn.session, input: conn.input };
         match self.shared.inboxes[target].push(migration) {
             Ok(()) => {
@@ -432,7 +468,7 @@ impl ServerShard {
             }
             Err(back) => {
                 // The target's inbox is full: the connection stays here until the next attempt.
-                let mut conn = Conn::new(back.fd, back.session, back.input);
+                let mut conn = Box::new(Conn::new(back.fd, back.session, back.input));
                 conn.migrate_to = Some(target);
                 self.conns.insert(id, conn);
             }
@@ -445,7 +481,7 @@ impl ServerShard {
         while let Some(m) = self.shared.inboxes[self.index].pop() {
             let id = self.next_conn_id;
             self.next_conn_id += 1;
-            self.conns.insert(id, Conn::new(m.fd, m.session, m.input));
+            self.conns.insert(id, Box::new(Conn::new(m.fd, m.session, m.input)));
             self.process(id);
             self.flush(ring, id)?;
             self.post_recv(ring, id)?;
@@ -558,11 +594,7 @@ impl ServerShard {
                     self.page_reads_wanted.push((db, page));
                     break;
                 }
-                Outcome::Reply { reply, db, wait } => {
-                    let mut bytes = Vec::new();
-                    reply.encode(protocol, &mut bytes);
-                    conn.replies.push_back(PendingReply { db, wait, bytes });
-                }
+                Outcome::Reply { reply, db, wait } => conn.push_reply(&reply, protocol, db, wait),
                 Outcome::Close(reply) => {
                     queue_now(conn, reply);
                     conn.closing = true;
@@ -595,19 +627,15 @@ impl ServerShard {
             if front.wait > Lsn::ZERO && front.wait > self.commit_lsn(front.db) {
                 break;
             }
-            let reply = conn.replies.pop_front().expect("front exists");
-            conn.output.extend_from_slice(&reply.bytes);
+            conn.released = front.end;
+            conn.replies.pop_front();
         }
-        if conn.send_len == 0 && !conn.output.is_empty() {
-            let len = conn.output.len().min(4 << 20);
-            let mut buf = match self.spare_bufs.pop() {
+        let sendable = (conn.released - conn.output_base) as usize;
+        if conn.send_len == 0 && sendable > 0 {
+            let len = sendable.min(4 << 20);
+            let mut buf = match conn.send_buf.take() {
                 Some(b) if len <= b.capacity() => b,
-                other => {
-                    if let Some(b) = other {
-                        self.spare_bufs.push(b);
-                    }
-                    AlignedBuf::new(len)
-                }
+                _ => AlignedBuf::new(len.max(SEND_BUF_KEPT / 4)),
             };
             buf.set_len(len);
             buf.copy_from_slice(&conn.output[..len]);
@@ -631,16 +659,17 @@ impl ServerShard {
     }
 
     fn on_send(&mut self, ring: &mut Ring, id: u64, mut c: Completion) -> Result<()> {
-        if let Some(buf) = c.buf.take() {
-            self.recycle(buf);
-        }
         let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        if let Some(buf) = c.buf.take().filter(|b| b.capacity() <= SEND_BUF_KEPT) {
+            conn.send_buf = Some(buf);
+        }
         if c.result <= 0 {
             self.remove_conn(id);
             return Ok(());
         }
         let sent = (c.result as usize).min(conn.send_len);
         conn.output.drain(..sent);
+        conn.output_base += sent as u64;
         conn.send_len = 0;
         self.flush(ring, id)?;
         self.post_recv(ring, id)?;
@@ -755,9 +784,8 @@ impl ServerShard {
             (Ok(CommitProgress::Appended(lsn)), Some(id)) => {
                 let conn = self.conns.get_mut(&id).expect("found above");
                 let (reply, db) = conn.waiting_space.take().expect("waiting");
-                let mut bytes = Vec::new();
-                reply.encode(conn.session.protocol, &mut bytes);
-                conn.replies.push_back(PendingReply { db, wait: lsn, bytes });
+                let protocol = conn.session.protocol;
+                conn.push_reply(&reply, protocol, db, lsn);
             }
             (Ok(CommitProgress::Appended(_)), None) => {}
             (Err(e), owner) => {
@@ -777,7 +805,7 @@ impl ServerShard {
     fn fail_replies(&mut self, id: u64, db: usize) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if let Some(first) = conn.replies.iter().position(|r| r.db == db && r.wait > Lsn::ZERO) {
-            conn.replies.truncate(first);
+            conn.drop_replies_from(first);
             queue_now(conn, Reply::error("ERR the database's log failed; this and later commands are not durable"));
             conn.closing = true;
             conn.input.clear();
@@ -883,9 +911,8 @@ impl ServerShard {
 }
 
 fn queue_now(conn: &mut Conn, reply: Reply) {
-    let mut bytes = Vec::new();
-    reply.encode(conn.session.protocol, &mut bytes);
-    conn.replies.push_back(PendingReply { db: 0, wait: Lsn::ZERO, bytes });
+    let protocol = conn.session.protocol;
+    conn.push_reply(&reply, protocol, 0, Lsn::ZERO);
 }
 
 impl ShardWork for ServerShard {
@@ -897,6 +924,10 @@ impl ShardWork for ServerShard {
     }
 
     fn before_sleep(&mut self, ring: &mut Ring) -> Result<bool> {
+        // The log write first: it is what commits wait for, and the device takes requests in order.
+        for db in self.dbs.iter_mut().flatten() {
+            db.log.submit(ring)?;
+        }
         self.submit_page_reads(ring)?;
         for i in 0..self.dbs.len() {
             let Some(db) = self.dbs[i].as_mut().filter(|d| !d.is_failed()) else { continue };

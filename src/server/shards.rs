@@ -27,6 +27,8 @@ pub struct DbStats {
     pub lsn_appended: AtomicU64,
     pub lsn_hardened: AtomicU64,
     pub log_writes: AtomicU64,
+    pub log_records: AtomicU64,
+    pub log_write_micros: AtomicU64,
     pub checkpoint_lsn: AtomicU64,
     pub checkpoints: AtomicU64,
     /// Pages the checkpoint in progress has still to write (0 when none is in progress).

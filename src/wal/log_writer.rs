@@ -113,6 +113,9 @@ pub struct LogStats {
     pub records_hardened: u64,
     pub bytes_written: u64,
     pub records_per_write_max: u64,
+    /// Sum over log writes of the time from submission to the completion being handled, in
+    /// microseconds: divided by `writes`, the mean time a group commit waits for the device.
+    pub write_micros: u64,
 }
 
 struct Gathering {
@@ -136,6 +139,7 @@ struct InFlight {
     end_lsn: Lsn,
     write_len: usize,
     records: u64,
+    submitted: std::time::Instant,
     /// The file written to, kept open until the completion (the segment may have rotated).
     _file: FileArc<File>,
 }
@@ -668,7 +672,7 @@ impl LogWriter {
         } else {
             self.recycle_shared(shared);
         }
-        self.in_flight = Some(InFlight { end_lsn: end, write_len, records, _file: file });
+        self.in_flight = Some(InFlight { end_lsn: end, write_len, records, submitted: std::time::Instant::now(), _file: file });
         if closes_segment {
             self.gathering.sealed = true;
             self.rotate()?;
@@ -711,6 +715,7 @@ impl LogWriter {
             self.recycle_shared(shared);
         }
         self.stats.writes += 1;
+        self.stats.write_micros += in_flight.submitted.elapsed().as_micros() as u64;
         if self.config.faults.fail_write_number == Some(self.stats.writes) {
             completion.result = -libc::EIO;
         }
