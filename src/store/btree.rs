@@ -301,6 +301,10 @@ pub fn put(pool: &mut BufferPool, key: &[u8], value: &[u8]) -> Result<bool> {
     let (leaf, path) = descend(pool, key)?;
     let found = node::search(as_page(pool.read(leaf)?), NodeKind::Leaf, key).map_err(|e| node_err(leaf, e))?;
     if let Ok(i) = found {
+        if replace_inline(pool, leaf, i, value)? {
+            rebalance(pool, leaf, path, key)?;
+            return Ok(true);
+        }
         remove_at(pool, leaf, i)?;
     }
     let stored = if node::fits_inline(key.len(), value.len()) { None } else { Some(write_chain(pool, value)?) };
@@ -319,6 +323,26 @@ pub fn put(pool: &mut BufferPool, key: &[u8], value: &[u8]) -> Result<bool> {
         rebalance(pool, leaf, path, key)?;
     }
     Ok(found.is_ok())
+}
+
+/// Replaces the inline value of cell `i` of `leaf` with `value` inside the leaf (in place when it
+/// is not larger), the common case of a SET on an existing key: the cell keeps its slot, so only
+/// the value's bytes change and the logged diff is about the size of the value. Returns false,
+/// with the leaf unchanged, when either value is not inline or the new one does not fit.
+fn replace_inline(pool: &mut BufferPool, leaf: PageId, i: usize, value: &[u8]) -> Result<bool> {
+    let old_inline = matches!(
+        node::leaf_value_at(as_page(pool.read(leaf)?), i).map_err(|e| node_err(leaf, e))?,
+        LeafValue::Inline(_)
+    );
+    let key_len = node::key_at(as_page(pool.read(leaf)?), NodeKind::Leaf, i).map_err(|e| node_err(leaf, e))?.len();
+    if !old_inline || !node::fits_inline(key_len, value.len()) {
+        return Ok(false);
+    }
+    match node::leaf_replace(as_page_mut(pool.write(leaf)?), i, LeafValue::Inline(value)) {
+        Ok(()) => Ok(true),
+        Err(NodeError::NoSpace) => Ok(false),
+        Err(e) => Err(node_err(leaf, e)),
+    }
 }
 
 /// Removes cell `i` of `leaf`, freeing its overflow chain.

@@ -52,6 +52,17 @@ pub fn encode_image(page: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&page[4..PAGE_SIZE]);
 }
 
+/// Whether two equally long byte blocks differ, compared a word at a time inline (a call to
+/// memcmp per 64-byte block showed up in profiles of the SET path).
+fn differs(a: &[u8], b: &[u8]) -> bool {
+    let mut words = a.chunks_exact(8).zip(b.chunks_exact(8));
+    let mut acc = 0u64;
+    for (x, y) in &mut words {
+        acc |= u64::from_ne_bytes(x.try_into().expect("8 bytes")) ^ u64::from_ne_bytes(y.try_into().expect("8 bytes"));
+    }
+    acc != 0 || a.chunks_exact(8).remainder() != b.chunks_exact(8).remainder()
+}
+
 /// Appends the body of a diff from `before` to `after` to `out`; returns false (and appends
 /// nothing) when the pages are equal outside the checksum and LSN.
 pub fn encode_diff(before: &[u8], after: &[u8], out: &mut Vec<u8>) -> bool {
@@ -63,7 +74,7 @@ pub fn encode_diff(before: &[u8], after: &[u8], out: &mut Vec<u8>) -> bool {
     let mut block = 0;
     while block < PAGE_SIZE {
         let end = (block + BLOCK).min(PAGE_SIZE);
-        if before[block..end] == after[block..end] {
+        if !differs(&before[block..end], &after[block..end]) {
             block = end;
             continue;
         }
@@ -180,6 +191,17 @@ pub fn apply(redo: &PageRedo<'_>, end_lsn: Lsn, page: &mut [u8], trusted: bool) 
 mod tests {
     use super::*;
     use crate::store::page::PageType;
+
+    #[test]
+    fn differs_sees_any_one_changed_byte() {
+        let a = [7u8; 67];
+        assert!(!differs(&a, &a));
+        for i in 0..a.len() {
+            let mut b = a;
+            b[i] ^= 1;
+            assert!(differs(&a, &b), "byte {i}");
+        }
+    }
 
     fn page_with(id: u64, fill: u8) -> Vec<u8> {
         let mut p = vec![0u8; PAGE_SIZE];
