@@ -83,3 +83,10 @@ const _: () = assert!(SEGMENT_SIZE_MIN % BLOCK_SIZE as u64 == 0);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT % BLOCK_SIZE as u64 == 0);
 const _: () = assert!(APPEND_QUEUE_CAPACITY.is_power_of_two());
 const _: () = assert!(LOG_BUFFERS_PER_LOG >= 2);
+
+/// Bytes per O_DIRECT write when a new log segment is zero-filled.
+pub const ZERO_FILL_CHUNK: usize = 64 * 1024;
+/// A segment prepared in the background rests this many times as long as each zero-fill chunk
+/// took, so it takes at most a quarter of the device's time from the log writes, unless a log
+/// already waits for the segment (then it fills at full speed).
+pub const ZERO_FILL_REST_FACTOR: u32 = 3;

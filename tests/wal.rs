@@ -326,3 +326,20 @@ fn a_shipped_batch_buffer_is_reused_only_after_both_consumers_are_done() {
     assert_eq!(all.len(), 22);
     assert_eq!(all[0], vec![0xab; 3000]);
 }
+
+/// A new segment is zero-filled in chunks, with the pacing callback after each one (the
+/// background preparer rests there), and comes out whole: the header, then zeros.
+#[test]
+fn a_new_segment_is_zero_filled_chunk_by_chunk_with_pacing() {
+    use mirrorlog::wal::segment::{create_segment, SegmentHeader};
+    let dir = scratch();
+    let size = 1u64 << 20;
+    let header = SegmentHeader::new(DbId(3), Lsn(0), size, mirrorlog::wal::Epoch(1));
+    let mut paced = 0;
+    let path = create_segment(dir.path(), &header, None, &mut |_| paced += 1).unwrap();
+    assert_eq!(paced, size as usize / mirrorlog::constants::ZERO_FILL_CHUNK);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, size);
+    assert_eq!(&bytes[..header.encode().len()], &header.encode()[..]);
+    assert!(bytes[mirrorlog::constants::SEGMENT_HEADER_SIZE..].iter().all(|&b| b == 0));
+}

@@ -14,11 +14,10 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::constants::{BLOCK_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
+use crate::constants::{BLOCK_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN, ZERO_FILL_CHUNK};
 use crate::error::{Error, IoContext, Result};
 use crate::io::file::sync_dir;
 use crate::wal::{DbId, Epoch, Lsn};
@@ -189,7 +188,18 @@ pub fn remove_temporary_files(dir: &Path) -> Result<()> {
 /// Creates the segment described by `header` under its final name, durably: reuses a recycled
 /// file when one is given, else zero-fills a new one (overwriting written blocks later is cheaper
 /// than writing into unwritten extents; see ../shared/CRATES.md).
-pub fn create_segment(dir: &Path, header: &SegmentHeader, recycled: Option<PathBuf>) -> Result<PathBuf> {
+///
+/// The zero-fill is written with O_DIRECT in `ZERO_FILL_CHUNK` pieces, and `pace` is called after
+/// each with the time the piece took, so that a caller preparing a segment in the background can
+/// leave the device to the log writes meanwhile (see `SegmentPreparer`). A buffered fill would
+/// reach the device in large writeback bursts and with the final fsync, and every log write's
+/// flush in that window would wait for them.
+pub fn create_segment(
+    dir: &Path,
+    header: &SegmentHeader,
+    recycled: Option<PathBuf>,
+    pace: &mut dyn FnMut(std::time::Duration),
+) -> Result<PathBuf> {
     let final_path = dir.join(segment_file_name(header.first_lsn));
     let tmp_path = dir.join(format!("{}{TMP_SUFFIX}", segment_file_name(header.first_lsn)));
     let reuse = recycled.filter(|p| std::fs::metadata(p).map(|m| m.len() == header.segment_size).unwrap_or(false));
@@ -200,19 +210,13 @@ pub fn create_segment(dir: &Path, header: &SegmentHeader, recycled: Option<PathB
             OpenOptions::new().write(true).open(&tmp_path).context(|| format!("open {}", tmp_path.display()))?
         }
         None => {
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(&tmp_path)
                 .context(|| format!("create {}", tmp_path.display()))?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut left = header.segment_size;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                file.write_all(&zeros[..n]).context(|| format!("zero-fill {}", tmp_path.display()))?;
-                left -= n as u64;
-            }
+            zero_fill(&file, &tmp_path, header.segment_size, pace)?;
             file
         }
     };
@@ -223,6 +227,25 @@ pub fn create_segment(dir: &Path, header: &SegmentHeader, recycled: Option<PathB
         .context(|| format!("rename {} to {}", tmp_path.display(), final_path.display()))?;
     sync_dir(dir)?;
     Ok(final_path)
+}
+
+/// Writes `len` zero bytes from the start of `file` (created at `path`), a chunk at a time, with
+/// O_DIRECT when the file system allows it.
+fn zero_fill(file: &File, path: &Path, len: u64, pace: &mut dyn FnMut(std::time::Duration)) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok();
+    let target = direct.as_ref().unwrap_or(file);
+    let mut zeros = crate::io::buffer::AlignedBuf::new(ZERO_FILL_CHUNK);
+    zeros.set_len(ZERO_FILL_CHUNK);
+    let mut offset = 0u64;
+    while offset < len {
+        let n = (len - offset).min(ZERO_FILL_CHUNK as u64) as usize;
+        let started = std::time::Instant::now();
+        target.write_all_at(&zeros[..n], offset).context(|| format!("zero-fill {}", path.display()))?;
+        offset += n as u64;
+        pace(started.elapsed());
+    }
+    Ok(())
 }
 
 /// Retires a segment no longer needed: kept for recycling while fewer than `keep` are kept,
