@@ -228,3 +228,29 @@ fn doorbell_refuses_sleep_after_a_ring_since_observation() {
     doorbell.awake();
     assert!(!doorbell.ring());
 }
+
+/// Polling before sleeping changes when the shard sleeps, never what it gets: a completion that
+/// arrives during the poll is reaped, and one that arrives after it is waited for.
+#[test]
+fn polling_before_sleeping_returns_every_completion() {
+    let mut ring = Ring::new(16).unwrap();
+    for (after, poll) in [
+        (Duration::from_micros(100), Duration::from_millis(50)),
+        (Duration::from_millis(20), Duration::from_micros(200)),
+    ] {
+        ring.timeout(after, 7).unwrap();
+        let mut got = Vec::new();
+        while got.is_empty() {
+            ring.submit_and_wait_polling(poll).unwrap();
+            ring.reap(&mut got);
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].token, 7);
+    }
+    // Nothing in flight and nothing arriving: a zero poll is a plain submit-and-wait.
+    ring.timeout(Duration::from_micros(10), 8).unwrap();
+    ring.submit_and_wait_polling(Duration::ZERO).unwrap();
+    let mut got = Vec::new();
+    ring.reap(&mut got);
+    assert_eq!(got.iter().map(|c| c.token).collect::<Vec<_>>(), vec![8]);
+}

@@ -466,6 +466,36 @@ impl Ring {
         self.submit_and_wait(0)
     }
 
+    /// Whether a completion can be reaped without sleeping: one stashed, one in the completion
+    /// queue, or deferred completion work the kernel flags with IORING_SQ_TASKRUN (a submit runs
+    /// it; io_uring_setup(2), IORING_SETUP_TASKRUN_FLAG).
+    pub fn has_ready(&mut self) -> bool {
+        !self.stashed.is_empty() || self.uring.submission().taskrun() || !self.uring.completion().is_empty()
+    }
+
+    /// Like `submit_and_wait(1)`, but first polls for up to `poll` (checking shared memory, no
+    /// system call) before sleeping in io_uring_enter. A shard that sleeps is woken by an
+    /// interrupt, and in a virtual machine a halted vCPU is woken through the host scheduler,
+    /// which costs tens of microseconds per request at low load; polling briefly keeps the
+    /// core awake for the reply that is about to arrive. A zero `poll` sleeps at once.
+    pub fn submit_and_wait_polling(&mut self, poll: std::time::Duration) -> Result<()> {
+        if poll.is_zero() {
+            return self.submit_and_wait(1);
+        }
+        self.submit()?;
+        let started = std::time::Instant::now();
+        loop {
+            if self.has_ready() {
+                return self.submit();
+            }
+            if started.elapsed() >= poll {
+                return self.submit_and_wait(1);
+            }
+            // Another thread ready on this core (a partner process, a redo worker) runs first.
+            std::thread::yield_now();
+        }
+    }
+
     fn release(&mut self, index: u32) -> Slot {
         let slot = self.slots[index as usize].take().expect("completion for a free slot");
         self.free.push(index);

@@ -32,6 +32,10 @@ pub trait ShardWork {
     fn doorbell(&self) -> Option<&Doorbell> {
         None
     }
+    /// How long the loop polls the ring before it sleeps (see `Ring::submit_and_wait_polling`).
+    fn idle_poll(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Pins the calling thread to `core` (sched_setaffinity(2)).
@@ -88,7 +92,7 @@ pub fn run(ring: &mut Ring, work: &mut impl ShardWork) -> Result<()> {
             sleep = sleep && doorbell.try_sleep(observed);
         }
         if sleep && ring.in_flight() > 0 {
-            ring.submit_and_wait(1)?;
+            ring.submit_and_wait_polling(work.idle_poll())?;
         } else if sleep {
             return Err(Error::Config("shard loop would sleep forever: nothing in flight and no doorbell".into()));
         } else {

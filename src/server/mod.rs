@@ -36,6 +36,8 @@ pub struct ServerConfig {
     /// Shard threads (each pinned to a core, owning databases `i` with `i % shards == index`);
     /// 0 means one per core, at most one per database.
     pub shards: usize,
+    /// How long a shard polls its ring before it sleeps (see `Ring::submit_and_wait_polling`).
+    pub idle_poll: Duration,
     pub mirroring: MirroringConfig,
 }
 

@@ -16,8 +16,8 @@ use crate::error::Result;
 use crate::io::buffer::AlignedBuf;
 use crate::io::ring::{Completion, CompletionKind, OpId, Ring, Token};
 use crate::io::shard::ShardWork;
-use crate::server::conn_map::ConnMap;
 use crate::server::commands::{self, Cursors, Outcome, ServerInfo, Session};
+use crate::server::conn_map::ConnMap;
 use crate::server::resp::{self, ParseError, Reply};
 use crate::server::shards::{Migration, Shared};
 use crate::server::ServerConfig;
@@ -969,6 +969,10 @@ impl ShardWork for ServerShard {
             }
         }
         Ok(true)
+    }
+
+    fn idle_poll(&self) -> Duration {
+        self.config.idle_poll
     }
 
     fn complete(&mut self, ring: &mut Ring, c: Completion) -> Result<()> {

@@ -672,7 +672,8 @@ impl LogWriter {
         } else {
             self.recycle_shared(shared);
         }
-        self.in_flight = Some(InFlight { end_lsn: end, write_len, records, submitted: std::time::Instant::now(), _file: file });
+        self.in_flight =
+            Some(InFlight { end_lsn: end, write_len, records, submitted: std::time::Instant::now(), _file: file });
         if closes_segment {
             self.gathering.sealed = true;
             self.rotate()?;

@@ -12,8 +12,8 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::constants::{SEGMENTS_RECYCLED_MAX, ZERO_FILL_REST_FACTOR};
 use crate::error::{Error, Result};
