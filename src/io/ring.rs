@@ -35,6 +35,9 @@ fn user_data_of(index: u32, generation: u32) -> u64 {
 /// Set in a SEND_ZC notification's result when the kernel copied instead (io_uring_enter(2)).
 const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 
+/// Receive flag (in the entry's ioprio field): arm the readiness poll before trying
+/// (io_uring_enter(2); the io-uring crate does not export it).
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 /// Asks SEND_ZC to report in its notification whether it copied (io_uring_enter(2)).
 const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 
@@ -127,6 +130,8 @@ pub struct Ring {
     stashed: std::collections::VecDeque<Completion>,
     /// SEND_ZC notifications that reported a copy instead of zero-copy (exposed as a metric).
     pub zc_copied_notifications: u64,
+    /// Completion entries copied out by `reap` (kept to reuse its allocation).
+    reaped: Vec<(u64, i32, u32)>,
 }
 
 impl Ring {
@@ -152,6 +157,7 @@ impl Ring {
             stashed: std::collections::VecDeque::new(),
             in_flight: 0,
             zc_copied_notifications: 0,
+            reaped: Vec::new(),
         })
     }
 
@@ -380,6 +386,18 @@ impl Ring {
         self.submit_entry(entry, token, held)
     }
 
+    /// Like `recv`, for a socket that is most likely empty now (a client that waits for its
+    /// reply): the kernel arms its readiness poll at once instead of first trying a receive that
+    /// would fail with EAGAIN (io_uring_enter(2), IORING_RECVSEND_POLL_FIRST). Data already
+    /// there is still received at once.
+    pub fn recv_poll_first(&mut self, socket: RawFd, buf: AlignedBuf, token: Token) -> Result<OpId> {
+        let cap = buf.capacity();
+        let mut held = Held::Buf(buf);
+        let ptr = Self::held_buf_ptr(&mut held);
+        let entry = opcode::Recv::new(types::Fd(socket), ptr, cap as u32).ioprio(IORING_RECVSEND_POLL_FIRST).build();
+        self.submit_entry(entry, token, held)
+    }
+
     /// Sends `buf[start..start + len]` (copying send).
     pub fn send(&mut self, socket: RawFd, buf: AlignedBuf, start: usize, len: usize, token: Token) -> Result<OpId> {
         assert!(start + len <= buf.capacity());
@@ -506,11 +524,9 @@ impl Ring {
     /// Takes every completion that has arrived, in order.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         out.extend(self.stashed.drain(..));
-        let mut raw: Vec<(u64, i32, u32)> = Vec::new();
-        for cqe in self.uring.completion() {
-            raw.push((cqe.user_data(), cqe.result(), cqe.flags()));
-        }
-        for (user_data, result, flags) in raw {
+        let mut raw = std::mem::take(&mut self.reaped);
+        raw.extend(self.uring.completion().map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
+        for (user_data, result, flags) in raw.drain(..) {
             if user_data == USER_DATA_CANCEL {
                 continue;
             }
@@ -581,6 +597,7 @@ impl Ring {
             // `Done`, with its buffer.
             out.push(Completion { token: slot.token, result, kind: CompletionKind::Done, buf, shared, peer });
         }
+        self.reaped = raw;
     }
 }
 

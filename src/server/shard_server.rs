@@ -409,7 +409,7 @@ impl ServerShard {
         conn.receiving = true;
         let buf =
             self.spare_bufs.pop().filter(|b| b.capacity() >= RECV_SIZE).unwrap_or_else(|| AlignedBuf::new(RECV_SIZE));
-        conn.recv_op = Some(ring.recv(conn.fd.as_raw_fd(), buf, token(KIND_RECV, id))?);
+        conn.recv_op = Some(ring.recv_poll_first(conn.fd.as_raw_fd(), buf, token(KIND_RECV, id))?);
         Ok(())
     }
 
