@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # perf/redis-compare.sh -- mirrorlog against Redis with appendonly yes / appendfsync always, both on
-# this machine, in one invocation: redis-benchmark -t set,get -d 100 at 1, 16 and 64 clients.
+# this machine, in one invocation: redis-benchmark -t set,get -d 100 at 1, 16 and 64 clients, and SET
+# with a keyspace of 10^9 (every SET a new key).
 # Prints a ratio table (throughput and p50/p99 latency) and writes it to
 # perf/results/<date>-redis-compare.txt with a description of the machine.
 # Env: N (requests per run, default 20000), PORT_ML (7391), PORT_REDIS (7392).
@@ -28,9 +29,9 @@ for port in $PORT_ML $PORT_REDIS; do
 done
 sleep 3 # let mirrorlog's background segment preparation finish before measuring
 
-run() { # port clients -> CSV lines "SET,rps,p50,p99" and "GET,..."
-  redis-benchmark -p "$1" -t set,get -d 100 -c "$2" -n "$N" -r 100000 --csv 2>/dev/null |
-    awk -F, 'NR>1 { gsub(/"/,""); print $1","$2","$5","$7 }'
+run() { # port clients [tests keyspace label] -> CSV lines "SET,rps,p50,p99" and "GET,..."
+  redis-benchmark -p "$1" -t "${3:-set,get}" -d 100 -c "$2" -n "$N" -r "${4:-100000}" --csv 2>/dev/null |
+    awk -F, -v label="${5:-}" 'NR>1 { gsub(/"/,""); print (label != "" ? label : $1)","$2","$5","$7 }'
 }
 OUT=perf/results/$(date -u +%Y-%m-%d)-redis-compare.txt
 {
@@ -39,8 +40,9 @@ OUT=perf/results/$(date -u +%Y-%m-%d)-redis-compare.txt
   echo "# $(redis-server --version | cut -d' ' -f1-3); redis-benchmark -t set,get -d 100 -n $N -r 100000"
   printf "%-7s %-4s | %12s %9s %9s | %12s %9s %9s | %9s %9s\n" clients test "mirrorlog/s" "p50 ms" "p99 ms" "redis/s" "p50 ms" "p99 ms" "tput x" "p99 x"
   for c in 1 16 64; do
-    ML=$(run $PORT_ML $c); RD=$(run $PORT_REDIS $c)
-    for t in SET GET; do
+    ML=$(run $PORT_ML $c; run $PORT_ML $c set 1000000000 SETnew)
+    RD=$(run $PORT_REDIS $c; run $PORT_REDIS $c set 1000000000 SETnew)
+    for t in SET GET SETnew; do
       m=$(echo "$ML" | grep "^$t,"); r=$(echo "$RD" | grep "^$t,")
       IFS=, read -r _ mr mp50 mp99 <<<"$m"; IFS=, read -r _ rr rp50 rp99 <<<"$r"
       printf "%-7s %-4s | %12.0f %9.3f %9.3f | %12.0f %9.3f %9.3f | %9.2f %9.2f\n" $c $t "$mr" "$mp50" "$mp99" "$rr" "$rp50" "$rp99" \
@@ -48,5 +50,8 @@ OUT=perf/results/$(date -u +%Y-%m-%d)-redis-compare.txt
     done
   done
   echo "(tput x = mirrorlog throughput / Redis throughput; p99 x = mirrorlog p99 / Redis p99: below 1 is better)"
+  echo "(SET and GET: redis-benchmark's keyspace of 100000 keys, so later SETs overwrite keys with the same"
+  echo " value; mirrorlog logs nothing for those and answers once the last commit is durable, Redis appends"
+  echo " each to its AOF. SETnew: -r 1000000000, every SET inserts a new key.)"
 } | tee "$OUT"
 echo "written to $OUT"

@@ -500,11 +500,18 @@ impl Ring {
         if poll.is_zero() {
             return self.submit_and_wait(1);
         }
+        // A busy shard finds work at once: one io_uring_enter, as without polling.
+        if self.has_ready() {
+            return self.submit();
+        }
         self.submit()?;
         let started = std::time::Instant::now();
         loop {
-            if self.has_ready() {
-                return self.submit();
+            if self.uring.submission().taskrun() {
+                return self.submit(); // runs the deferred completion work
+            }
+            if !self.stashed.is_empty() || !self.uring.completion().is_empty() {
+                return Ok(()); // posted already: nothing to enter the kernel for
             }
             if started.elapsed() >= poll {
                 return self.submit_and_wait(1);

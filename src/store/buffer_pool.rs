@@ -464,8 +464,10 @@ impl BufferPool {
         let mut out = Vec::with_capacity(self.touched.len());
         for t in &self.touched {
             let after = &self.frames[t.frame].buf[..PAGE_SIZE];
-            let mut body = Vec::new();
             let image = t.created || page::page_lsn(&t.before) <= self.checkpoint_lsn;
+            // Sized for an image, or for the usual diff (a cell and its slot), so that it is
+            // allocated once.
+            let mut body = Vec::with_capacity(if image { PAGE_SIZE + 8 } else { 512 });
             if image {
                 redo::encode_image(after, &mut body);
                 out.push(PageChange { frame: t.frame, kind: redo::PAGE_IMAGE, body });
