@@ -38,14 +38,14 @@ OUT=perf/results/$(date -u +%Y-%m-%d)-redis-compare.txt
   echo "# mirrorlog vs Redis (appendonly yes, appendfsync always), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "# machine: $(uname -srm); $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(df -T . | awk 'NR==2{print $2}') file system"
   echo "# $(redis-server --version | cut -d' ' -f1-3); redis-benchmark -t set,get -d 100 -n $N -r 100000"
-  printf "%-7s %-4s | %12s %9s %9s | %12s %9s %9s | %9s %9s\n" clients test "mirrorlog/s" "p50 ms" "p99 ms" "redis/s" "p50 ms" "p99 ms" "tput x" "p99 x"
+  printf "%-7s %-6s | %12s %9s %9s | %12s %9s %9s | %9s %9s\n" clients test "mirrorlog/s" "p50 ms" "p99 ms" "redis/s" "p50 ms" "p99 ms" "tput x" "p99 x"
   for c in 1 16 64; do
     ML=$(run $PORT_ML $c; run $PORT_ML $c set 1000000000 SETnew)
     RD=$(run $PORT_REDIS $c; run $PORT_REDIS $c set 1000000000 SETnew)
     for t in SET GET SETnew; do
       m=$(echo "$ML" | grep "^$t,"); r=$(echo "$RD" | grep "^$t,")
       IFS=, read -r _ mr mp50 mp99 <<<"$m"; IFS=, read -r _ rr rp50 rp99 <<<"$r"
-      printf "%-7s %-4s | %12.0f %9.3f %9.3f | %12.0f %9.3f %9.3f | %9.2f %9.2f\n" $c $t "$mr" "$mp50" "$mp99" "$rr" "$rp50" "$rp99" \
+      printf "%-7s %-6s | %12.0f %9.3f %9.3f | %12.0f %9.3f %9.3f | %9.2f %9.2f\n" $c $t "$mr" "$mp50" "$mp99" "$rr" "$rp50" "$rp99" \
         "$(python3 -c "print($mr/$rr)")" "$(python3 -c "print($mp99/$rp99 if $rp99 else 0)")"
     done
   done
