@@ -33,7 +33,7 @@ run() { # port clients [tests keyspace label] -> CSV lines "SET,rps,p50,p99" and
   redis-benchmark -p "$1" -t "${3:-set,get}" -d 100 -c "$2" -n "$N" -r "${4:-100000}" --csv 2>/dev/null |
     awk -F, -v label="${5:-}" 'NR>1 { gsub(/"/,""); print (label != "" ? label : $1)","$2","$5","$7 }'
 }
-OUT=perf/results/$(date -u +%Y-%m-%d)-redis-compare.txt
+OUT=perf/results/$(date -u +%Y-%m-%d-%H%M)-redis-compare.txt
 {
   echo "# mirrorlog vs Redis (appendonly yes, appendfsync always), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "# machine: $(uname -srm); $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(df -T . | awk 'NR==2{print $2}') file system"
