@@ -379,11 +379,7 @@ impl Ring {
 
     /// Receives up to `buf.capacity()` bytes; the buffer's `len` is set to the bytes received.
     pub fn recv(&mut self, socket: RawFd, buf: AlignedBuf, token: Token) -> Result<OpId> {
-        let cap = buf.capacity();
-        let mut held = Held::Buf(buf);
-        let ptr = Self::held_buf_ptr(&mut held);
-        let entry = opcode::Recv::new(types::Fd(socket), ptr, cap as u32).build();
-        self.submit_entry(entry, token, held)
+        self.recv_with_ioprio(socket, buf, token, 0)
     }
 
     /// Like `recv`, for a socket that is most likely empty now (a client that waits for its
@@ -391,10 +387,14 @@ impl Ring {
     /// would fail with EAGAIN (io_uring_enter(2), IORING_RECVSEND_POLL_FIRST). Data already
     /// there is still received at once.
     pub fn recv_poll_first(&mut self, socket: RawFd, buf: AlignedBuf, token: Token) -> Result<OpId> {
+        self.recv_with_ioprio(socket, buf, token, IORING_RECVSEND_POLL_FIRST)
+    }
+
+    fn recv_with_ioprio(&mut self, socket: RawFd, buf: AlignedBuf, token: Token, ioprio: u16) -> Result<OpId> {
         let cap = buf.capacity();
         let mut held = Held::Buf(buf);
         let ptr = Self::held_buf_ptr(&mut held);
-        let entry = opcode::Recv::new(types::Fd(socket), ptr, cap as u32).ioprio(IORING_RECVSEND_POLL_FIRST).build();
+        let entry = opcode::Recv::new(types::Fd(socket), ptr, cap as u32).ioprio(ioprio).build();
         self.submit_entry(entry, token, held)
     }
 
