@@ -150,8 +150,9 @@ fn quickstart_runs_a_mirrored_pair_until_sigint() {
 /// Runs quickstart, sends SIGINT after two status lines; returns whether the pair came up.
 fn quickstart_until_sigint(server_exe: Option<&Path>) -> bool {
     let dir = scratch();
-    let port = free_port();
-    let endpoint_port = free_port();
+    // Quickstart serves on PORT and PORT + 1, its endpoints on E and E + 1, its witness on E + 2.
+    let port = free_ports(2);
+    let endpoint_port = free_ports(3);
     let mut quickstart = Command::new(EXE)
         .args(["quickstart", "--port", &port.to_string(), "--endpoint-port", &endpoint_port.to_string(), "--dir"])
         .arg(dir.path().join("qs"))
@@ -190,12 +191,25 @@ fn quickstart_until_sigint(server_exe: Option<&Path>) -> bool {
     } else {
         assert!(!status.success());
         assert!(stderr.contains("mirror (pid") && stderr.contains("last lines of"), "{stderr}");
+        eprintln!("quickstart did not come up; its stderr:\n{stderr}");
     }
     status_lines >= 2
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port that is free with the `n - 1` after it (checked by binding them all, then releasing
+/// them).
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        let rest: Vec<_> = (1..n)
+            .map_while(|i| port.checked_add(i))
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if rest.len() + 1 == n as usize {
+            return port;
+        }
+    }
 }
 
 fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
