@@ -343,3 +343,40 @@ fn a_new_segment_is_zero_filled_chunk_by_chunk_with_pacing() {
     assert_eq!(&bytes[..header.encode().len()], &header.encode()[..]);
     assert!(bytes[mirrorlog::constants::SEGMENT_HEADER_SIZE..].iter().all(|&b| b == 0));
 }
+
+/// A segment whose last record leaves fewer bytes than a record header has them skipped by the
+/// writer (zeros, no padding record). Reading the hardened log for a mirror across that end
+/// returns the records up to it, then continues in the next segment (CI once saw a mirror's
+/// catch-up suspended with "hardened log does not read back as a record (Zeroed)" there).
+#[test]
+fn reading_the_hardened_log_across_a_remainder_too_small_for_a_record() {
+    use mirrorlog::constants::{RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+    let dir = scratch();
+    let mut ring = Ring::new(64).unwrap();
+    let mut log = open(dir.path());
+    let data_size = SMALL_SEGMENT - SEGMENT_HEADER_SIZE as u64;
+    let leave = 32u64; // below RECORD_HEADER_SIZE
+    assert!(leave < RECORD_HEADER_SIZE as u64);
+    // Fill the first segment with 1,000-byte bodies, then one record that ends `leave` bytes short.
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let mut used = 0u64;
+    let record = |body: u64| RECORD_HEADER_SIZE as u64 + body.div_ceil(8) * 8;
+    while used + record(1000) + record(8) + leave <= data_size {
+        bodies.push(vec![bodies.len() as u8; 1000]);
+        used += record(1000);
+    }
+    let last_body = data_size - leave - used - RECORD_HEADER_SIZE as u64;
+    bodies.push(vec![0xee; last_body as usize]);
+    bodies.extend((0..20).map(|i| vec![i as u8; 300]));
+    let ends = append_batch(&mut log, &mut ring, &bodies);
+    let segment_end = Lsn(data_size);
+    assert_eq!(ends[ends.len() - 21], Lsn(data_size - leave), "the first segment ends {leave} bytes short");
+    // Read from a record well before the end with room to spare: it stops at the remainder.
+    let from = ends[ends.len() - 30];
+    let (got_from, got_to, _) = log.read_hardened(from, 1 << 20).unwrap().expect("records to send");
+    assert_eq!((got_from, got_to), (from, Lsn(data_size - leave)));
+    // From the remainder, the next read is the next segment's records.
+    let (next_from, next_to, _) = log.read_hardened(got_to, 1 << 20).unwrap().expect("the next segment");
+    assert!(next_from >= segment_end, "{next_from}");
+    assert_eq!(next_to, *ends.last().unwrap());
+}

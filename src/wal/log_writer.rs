@@ -543,6 +543,11 @@ impl LogWriter {
             let avail = read_end.since(from) as usize;
             while at < avail {
                 let lsn = from.advance(at as u64);
+                if (end.since(lsn) as usize) < RECORD_HEADER_SIZE {
+                    // The segment's last bytes, too few for a record: the writer skipped them
+                    // (they hold no record), and the next read starts in the next segment.
+                    break;
+                }
                 match record::check(&bytes[at..(end.since(from) as usize).min(bytes.len())], self.config.db_id, lsn) {
                     record::RecordCheck::Valid(h) => {
                         let size = record::record_size(h.body_len as usize);
