@@ -136,6 +136,12 @@ struct ServeArgs {
     /// tens of microseconds on virtual machines. A shard polls only after work, never while idle.
     #[arg(long, default_value_t = 200)]
     idle_poll_us: u64,
+    /// How a log write is made durable: `thread` (a blocking pwritev2 with RWF_DSYNC on a thread
+    /// beside each shard, which reports to the shard's ring) or `ring` (an io_uring write with
+    /// RWF_DSYNC). With the CPUs busy serving clients, `thread` took half the time per write on
+    /// the machines we measured (see src/docs/log.md).
+    #[arg(long, default_value = "thread", value_parser = ["thread", "ring"])]
+    log_writes: String,
     /// Read settings from this file first (`name value` per line; flags given here win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -270,6 +276,9 @@ enum BenchCommand {
         /// Print one JSON object per row instead of the table.
         #[arg(long)]
         json: bool,
+        /// How each log write is made durable: `thread` or `ring` (as `serve --log-writes`).
+        #[arg(long, default_value = "thread", value_parser = ["thread", "ring"])]
+        log_writes: String,
     },
 }
 
@@ -359,7 +368,16 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args)?,
-        Command::Bench(BenchCommand::Wal { clients, duration, record_size, dir, segment_size, floor_ops, json }) => {
+        Command::Bench(BenchCommand::Wal {
+            clients,
+            duration,
+            record_size,
+            dir,
+            segment_size,
+            floor_ops,
+            json,
+            log_writes,
+        }) => {
             mirrorlog::io::probe::check_io_uring()?;
             mirrorlog::io::probe::check_direct_io(&dir)?;
             anyhow::ensure!(duration > 0.0, "--duration must be positive");
@@ -375,12 +393,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 segment_size,
                 floor_ops: floor_ops.max(2),
+                log_writes: mirrorlog::io::ring::DurableWrites::parse(&log_writes).expect("checked by clap"),
             };
             if !json {
                 println!(
-                    "mirrorlog bench wal: record body {} B, {:.1} s per row, log in {}, kernel {}",
+                    "mirrorlog bench wal: record body {} B, {:.1} s per row, log writes by the {}, log in {}, kernel {}",
                     record_size,
                     duration,
+                    log_writes,
                     config.dir.display(),
                     mirrorlog::io::probe::kernel_release()
                 );
@@ -771,6 +791,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         checkpoint_interval: Duration::from_secs_f64(args.checkpoint_interval),
         shards: args.shards,
         idle_poll: Duration::from_micros(args.idle_poll_us),
+        log_writes: mirrorlog::io::ring::DurableWrites::parse(&args.log_writes).expect("checked by clap"),
         mirroring,
     };
     let data = config.data_dir.display().to_string();

@@ -23,6 +23,8 @@ pub struct WalBenchConfig {
     pub dir: PathBuf,
     pub segment_size: u64,
     pub floor_ops: usize,
+    /// How the log's writes are made durable.
+    pub log_writes: crate::io::ring::DurableWrites,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +95,7 @@ pub fn run(config: &WalBenchConfig) -> Result<Vec<WalBenchResult>> {
     let config = config.clone();
     let dir = work_dir.clone();
     let handle = shard::spawn("bench-wal".into(), Some(0), move |ring| {
+        ring.set_durable_writes(config.log_writes);
         let mut results = Vec::new();
         for (i, &clients) in config.clients.iter().enumerate() {
             let (psync_a, uring_a) = floor::measure(&dir, ring, config.floor_ops / 2)?;

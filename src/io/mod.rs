@@ -2,6 +2,7 @@
 
 pub mod buffer;
 pub mod doorbell;
+pub mod durable_writer;
 pub mod file;
 pub mod net;
 pub mod probe;

@@ -119,7 +119,30 @@ impl Completion {
     }
 }
 
+/// How `Ring::write_shared_durable` makes a write durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurableWrites {
+    /// A blocking pwritev2(RWF_DSYNC) on the ring's durable-write thread (`io::durable_writer`).
+    Thread,
+    /// An io_uring write with RWF_DSYNC.
+    Ring,
+}
+
+impl DurableWrites {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "thread" => Some(Self::Thread),
+            "ring" => Some(Self::Ring),
+            _ => None,
+        }
+    }
+}
+
 pub struct Ring {
+    /// Declared first so that it is dropped (its thread joined) before the ring it posts to is
+    /// closed; `Drop` has waited for its writes by then.
+    durable_writer: Option<crate::io::durable_writer::DurableWriter>,
+    durable_writes: DurableWrites,
     uring: IoUring,
     slots: Vec<Option<Slot>>,
     generations: Vec<u32>,
@@ -150,6 +173,8 @@ impl Ring {
             .build(entries)
             .map_err(crate::io::probe::explain_setup_error)?;
         Ok(Self {
+            durable_writer: None,
+            durable_writes: DurableWrites::Thread,
             uring,
             slots: Vec::new(),
             generations: Vec::new(),
@@ -282,6 +307,44 @@ impl Ring {
         let entry =
             opcode::Write::new(types::Fd(file.as_raw_fd()), ptr, len as u32).offset(offset).rw_flags(rw_flags).build();
         self.submit_entry_with_file(entry, token, Held::Shared(buf), Some(file.clone()))
+    }
+
+    /// Chooses how `write_shared_durable` makes writes durable.
+    pub fn set_durable_writes(&mut self, mode: DurableWrites) {
+        self.durable_writes = mode;
+    }
+
+    /// Writes `buf[..len]` at `offset` and makes it durable, as one operation whose completion
+    /// (bytes written, or a negative errno) comes back through this ring with the buffer, like
+    /// `write_shared_at` with RWF_DSYNC. With `DurableWrites::Thread` (the default) the write is a
+    /// blocking pwritev2(RWF_DSYNC) on this ring's durable-write thread, which posts the
+    /// completion here with MSG_RING (`io::durable_writer` says why).
+    pub fn write_shared_durable(
+        &mut self,
+        file: &std::sync::Arc<std::fs::File>,
+        buf: crate::io::shared_buf::SharedBuf,
+        len: usize,
+        offset: u64,
+        token: Token,
+    ) -> Result<OpId> {
+        if self.durable_writes == DurableWrites::Ring {
+            return self.write_shared_at(file, buf, len, offset, libc::RWF_DSYNC, token);
+        }
+        assert!(len <= buf.capacity());
+        if self.durable_writer.is_none() {
+            self.durable_writer = Some(crate::io::durable_writer::DurableWriter::start(self.fd())?);
+        }
+        let thread_share = buf.share();
+        let index = self.slot(token, Held::Shared(buf), Some(file.clone()));
+        let user_data = user_data_of(index, self.generations[index as usize]);
+        let write =
+            crate::io::durable_writer::DurableWrite { file: file.clone(), buf: thread_share, len, offset, user_data };
+        let writer = self.durable_writer.as_ref().expect("started above");
+        if writer.push(write).is_err() {
+            self.release(index);
+            return Err(Error::Config("the log write thread's queue is full".into()));
+        }
+        Ok(OpId(user_data))
     }
 
     /// Zero-copy send of `buf[start..start + len]` from a shared buffer; the reference comes back

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub shards: usize,
     /// How long a shard polls its ring before it sleeps (see `Ring::submit_and_wait_polling`).
     pub idle_poll: Duration,
+    /// How the shards' log writes are made durable (`Ring::write_shared_durable`).
+    pub log_writes: crate::io::ring::DurableWrites,
     pub mirroring: MirroringConfig,
 }
 
@@ -140,6 +142,7 @@ pub fn run(
         let listener = if index == 0 { listener.take() } else { None };
         let endpoint = if index == 0 { endpoint.take() } else { None };
         handles.push(shard::spawn(format!("shard-{index}"), Some(index), move |ring| {
+            ring.set_durable_writes(config.log_writes);
             let opened = open_databases(&config, &shared, index, cache_pages, ring);
             let ok = opened.is_ok();
             shared.ring_fds[index].store(ring.fd(), std::sync::atomic::Ordering::Release);

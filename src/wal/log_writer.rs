@@ -666,7 +666,7 @@ impl LogWriter {
         );
         let file = self.segment.file.clone();
         let shared = SharedBuf::new(gathered.buf);
-        ring.write_shared_at(&file, shared.share(), write_len, offset, libc::RWF_DSYNC, self.op_token)?;
+        ring.write_shared_durable(&file, shared.share(), write_len, offset, self.op_token)?;
         if self.shipping {
             self.shipped.push(ShippedBatch {
                 buf: shared,
