@@ -132,7 +132,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     shards: usize,
     /// Microseconds a shard thread polls its ring for new work before it sleeps (0 = sleep at
-    /// once). Polling keeps a core awake for the next request: waking a sleeping core costs
+    /// once), and the log write thread its queue (that one only while writes come that close
+    /// together). Polling keeps a core awake for the next request: waking a sleeping core costs
     /// tens of microseconds on virtual machines. A shard polls only after work, never while idle.
     #[arg(long, default_value_t = 200)]
     idle_poll_us: u64,
@@ -279,6 +280,10 @@ enum BenchCommand {
         /// How each log write is made durable: `thread` or `ring` (as `serve --log-writes`).
         #[arg(long, default_value = "thread", value_parser = ["thread", "ring"])]
         log_writes: String,
+        /// Microseconds the log write thread polls for the next write before it sleeps (as
+        /// `serve --idle-poll-us`).
+        #[arg(long, default_value_t = 200)]
+        idle_poll_us: u64,
     },
 }
 
@@ -377,6 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             floor_ops,
             json,
             log_writes,
+            idle_poll_us,
         }) => {
             mirrorlog::io::probe::check_io_uring()?;
             mirrorlog::io::probe::check_direct_io(&dir)?;
@@ -394,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 segment_size,
                 floor_ops: floor_ops.max(2),
                 log_writes: mirrorlog::io::ring::DurableWrites::parse(&log_writes).expect("checked by clap"),
+                idle_poll: Duration::from_micros(idle_poll_us),
             };
             if !json {
                 println!(

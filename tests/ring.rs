@@ -268,7 +268,7 @@ fn durable_writes_complete_through_the_ring_with_their_buffer_by_thread_and_by_r
         std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
         let file = std::sync::Arc::new(open_direct(&path).unwrap());
         let mut ring = Ring::new(8).unwrap();
-        ring.set_durable_writes(mode);
+        ring.set_durable_writes(mode, Duration::from_micros(50));
         for round in 0..3u64 {
             let mut buf = AlignedBuf::zeroed(8192);
             buf.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u64 * 7 + round) as u8);
@@ -298,7 +298,7 @@ fn a_failed_durable_write_reports_its_errno_and_the_thread_goes_on() {
         std::fs::write(&path, vec![0u8; 8192]).unwrap();
         let file = std::sync::Arc::new(open_direct(&path).unwrap());
         let mut ring = Ring::new(8).unwrap();
-        ring.set_durable_writes(mode);
+        ring.set_durable_writes(mode, Duration::from_micros(50));
         ring.write_shared_durable(&file, SharedBuf::new(AlignedBuf::zeroed(4096)), 4096, 100, 1).unwrap();
         let c = wait_for(&mut ring, 1);
         assert_eq!(c.result, -libc::EINVAL, "{mode:?}");

@@ -25,6 +25,8 @@ pub struct WalBenchConfig {
     pub floor_ops: usize,
     /// How the log's writes are made durable.
     pub log_writes: crate::io::ring::DurableWrites,
+    /// How long the durable-write thread polls for the next write (as `serve --idle-poll-us`).
+    pub idle_poll: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +97,7 @@ pub fn run(config: &WalBenchConfig) -> Result<Vec<WalBenchResult>> {
     let config = config.clone();
     let dir = work_dir.clone();
     let handle = shard::spawn("bench-wal".into(), Some(0), move |ring| {
-        ring.set_durable_writes(config.log_writes);
+        ring.set_durable_writes(config.log_writes, config.idle_poll);
         let mut results = Vec::new();
         for (i, &clients) in config.clients.iter().enumerate() {
             let (psync_a, uring_a) = floor::measure(&dir, ring, config.floor_ops / 2)?;

@@ -143,6 +143,10 @@ pub struct Ring {
     /// closed; `Drop` has waited for its writes by then.
     durable_writer: Option<crate::io::durable_writer::DurableWriter>,
     durable_writes: DurableWrites,
+    /// How long the durable-write thread polls for the next write before it sleeps.
+    durable_write_poll: Duration,
+    /// The core the durable-write thread is pinned to (`shard::spawn` picks one).
+    durable_write_core: Option<usize>,
     uring: IoUring,
     slots: Vec<Option<Slot>>,
     generations: Vec<u32>,
@@ -175,6 +179,8 @@ impl Ring {
         Ok(Self {
             durable_writer: None,
             durable_writes: DurableWrites::Thread,
+            durable_write_poll: Duration::ZERO,
+            durable_write_core: None,
             uring,
             slots: Vec::new(),
             generations: Vec::new(),
@@ -309,9 +315,17 @@ impl Ring {
         self.submit_entry_with_file(entry, token, Held::Shared(buf), Some(file.clone()))
     }
 
-    /// Chooses how `write_shared_durable` makes writes durable.
-    pub fn set_durable_writes(&mut self, mode: DurableWrites) {
+    /// Chooses how `write_shared_durable` makes writes durable, and how long the durable-write
+    /// thread polls for the next write before it sleeps (`io::durable_writer`); takes effect for
+    /// a thread not started yet.
+    pub fn set_durable_writes(&mut self, mode: DurableWrites, poll: Duration) {
         self.durable_writes = mode;
+        self.durable_write_poll = poll;
+    }
+
+    /// Pins the durable-write thread (once started) to `core`; `None` leaves it to the scheduler.
+    pub fn set_durable_write_core(&mut self, core: Option<usize>) {
+        self.durable_write_core = core;
     }
 
     /// Writes `buf[..len]` at `offset` and makes it durable, as one operation whose completion
@@ -332,7 +346,11 @@ impl Ring {
         }
         assert!(len <= buf.capacity());
         if self.durable_writer.is_none() {
-            self.durable_writer = Some(crate::io::durable_writer::DurableWriter::start(self.fd())?);
+            self.durable_writer = Some(crate::io::durable_writer::DurableWriter::start(
+                self.fd(),
+                self.durable_write_poll,
+                self.durable_write_core,
+            )?);
         }
         let thread_share = buf.share();
         let index = self.slot(token, Held::Shared(buf), Some(file.clone()));

@@ -142,7 +142,7 @@ pub fn run(
         let listener = if index == 0 { listener.take() } else { None };
         let endpoint = if index == 0 { endpoint.take() } else { None };
         handles.push(shard::spawn(format!("shard-{index}"), Some(index), move |ring| {
-            ring.set_durable_writes(config.log_writes);
+            ring.set_durable_writes(config.log_writes, config.idle_poll);
             let opened = open_databases(&config, &shared, index, cache_pages, ring);
             let ok = opened.is_ok();
             shared.ring_fds[index].store(ring.fd(), std::sync::atomic::Ordering::Release);
