@@ -13,6 +13,12 @@ pub use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub use std::sync::{Arc, Condvar, Mutex};
 
+/// park/unpark and the thread handle, loom's under `--cfg loom`.
+#[cfg(loom)]
+pub use loom::thread;
+#[cfg(not(loom))]
+pub use std::thread;
+
 /// `std::cell::UnsafeCell` with loom's closure-based access API, so code is written once.
 #[cfg(not(loom))]
 #[derive(Debug)]

@@ -20,7 +20,6 @@
 //! until both are done.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,8 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::error::{Error, Result};
 use crate::io::shared_buf::SharedBuf;
-use crate::wal::append_queue::BoundedQueue;
+use crate::io::write_handoff::WriteHandoff;
+use crate::sync::thread;
 
 /// Writes queued at once at most. The log keeps one write in flight (group commit); page writes
 /// do not come here.
@@ -44,14 +44,9 @@ pub struct DurableWrite {
     pub user_data: u64,
 }
 
-struct Shared {
-    queue: BoundedQueue<DurableWrite>,
-    stop: AtomicBool,
-}
-
 pub struct DurableWriter {
-    shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    handoff: Arc<WriteHandoff<DurableWrite>>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl DurableWriter {
@@ -59,11 +54,11 @@ impl DurableWriter {
     /// is `ring_fd`. After each write the thread polls its queue for up to `poll` before it sleeps
     /// (see `run`).
     pub fn start(ring_fd: RawFd, poll: Duration, core: Option<usize>) -> Result<Self> {
-        let shared = Arc::new(Shared { queue: BoundedQueue::new(QUEUE_CAPACITY), stop: AtomicBool::new(false) });
+        let handoff = Arc::new(WriteHandoff::new(QUEUE_CAPACITY));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let worker = shared.clone();
-        let name = format!("{}-log", std::thread::current().name().unwrap_or("shard"));
-        let thread = std::thread::Builder::new()
+        let worker = handoff.clone();
+        let name = format!("{}-log", thread::current().name().unwrap_or("shard"));
+        let thread = thread::Builder::new()
             .name(name)
             .spawn(move || {
                 // A small ring of its own, only to post completions with MSG_RING (a ring created
@@ -88,7 +83,7 @@ impl DurableWriter {
             })
             .map_err(|e| Error::io("spawn log write thread", e))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { shared, thread: Some(thread) }),
+            Ok(Ok(())) => Ok(Self { handoff, thread: Some(thread) }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -99,26 +94,24 @@ impl DurableWriter {
 
     /// Queues `write` and wakes the thread; hands the write back if the queue is full.
     pub fn push(&self, write: DurableWrite) -> std::result::Result<(), DurableWrite> {
-        self.shared.queue.push(write)?;
-        if let Some(thread) = &self.thread {
-            thread.thread().unpark();
+        match &self.thread {
+            Some(thread) => self.handoff.push(write, thread.thread()),
+            None => Err(write),
         }
-        Ok(())
     }
 }
 
 impl Drop for DurableWriter {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
+            self.handoff.stop(thread.thread());
             let _ = thread.join();
         }
     }
 }
 
-/// The thread's loop: every queued write, then perhaps a poll of the queue, then sleep until
-/// unparked. The queue is drained before stopping, so every write handed over gets its completion.
+/// The thread's loop: each write as it comes (`WriteHandoff::next` polls, then parks, while there is
+/// none). The queue is drained before stopping, so every write handed over gets its completion.
 ///
 /// The poll: the next write comes one round of the shard after a completion (its replies, the
 /// clients' next requests). A thread asleep by then is woken through the scheduler, and in a
@@ -128,32 +121,20 @@ impl Drop for DurableWriter {
 /// polling only took CPU from the client on that core (3 % fewer SETs). So, like the kernel's
 /// haltpoll, the thread polls (for up to `poll`, yielding the core on each turn) only while the
 /// last write came within `poll` of the completion before it.
-fn run(shared: &Shared, ring: &mut IoUring, target_ring_fd: RawFd, poll: Duration) {
+fn run(handoff: &WriteHandoff<DurableWrite>, ring: &mut IoUring, target_ring_fd: RawFd, poll: Duration) {
     let mut polling = true;
     loop {
-        while let Some(write) = shared.queue.pop() {
-            let result = write_durably(&write);
-            let user_data = write.user_data;
-            // Let go of the bytes before the shard hears of the completion, so that the shard's
-            // release is the last and the buffer goes back to the log writer for reuse.
-            drop(write);
-            post(ring, target_ring_fd, user_data, result);
-        }
-        if shared.stop.load(Ordering::Acquire) && !shared.queue.has_ready() {
-            return;
-        }
         let idle_since = Instant::now();
-        if polling {
-            while !shared.queue.has_ready() && !shared.stop.load(Ordering::Relaxed) && idle_since.elapsed() < poll {
-                std::thread::yield_now();
-            }
-        }
-        if !shared.queue.has_ready() {
-            // unpark() before park() makes park() return at once, so a write pushed between the
-            // last look at the queue and here is not missed.
-            std::thread::park();
-        }
+        let Some(write) = handoff.next(|| polling && idle_since.elapsed() < poll) else {
+            return;
+        };
         polling = idle_since.elapsed() < poll;
+        let result = write_durably(&write);
+        let user_data = write.user_data;
+        // Let go of the bytes before the shard hears of the completion, so that the shard's
+        // release is the last and the buffer goes back to the log writer for reuse.
+        drop(write);
+        post(ring, target_ring_fd, user_data, result);
     }
 }
 

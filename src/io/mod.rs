@@ -9,3 +9,4 @@ pub mod probe;
 pub mod ring;
 pub mod shard;
 pub mod shared_buf;
+pub mod write_handoff;
