@@ -140,7 +140,7 @@ struct ServeArgs {
     /// How a log write is made durable: `thread` (a blocking pwritev2 with RWF_DSYNC on a thread
     /// beside each shard, which reports to the shard's ring) or `ring` (an io_uring write with
     /// RWF_DSYNC). With the CPUs busy serving clients, `thread` took half the time per write on
-    /// the machines we measured (see src/docs/log.md).
+    /// the machine it was measured on (see src/docs/log.md).
     #[arg(long, default_value = "thread", value_parser = ["thread", "ring"])]
     log_writes: String,
     /// Read settings from this file first (`name value` per line; flags given here win).

@@ -1220,6 +1220,59 @@ fn after_an_automatic_failover_the_old_principal_rejoins_as_mirror_and_roles_swi
     pair.stop_and_compare();
 }
 
+/// The mirror hardens each batch while the principal writes it, so a principal killed meanwhile can
+/// come back with less log than its mirror had: its log ends before the failover LSN. (CI saw it
+/// once under load: the old principal stayed fenced with "this log ends at lsn 313816, before the
+/// failover LSN lsn 314240".) Made here by cutting the killed principal's log back by ten
+/// transactions, which it had shipped; no checkpoint has written a page past the cut. It must
+/// rejoin from its own end, be shipped the rest, and end with the same data as the new principal.
+#[test]
+fn an_old_principal_whose_log_ends_before_the_failover_lsn_rejoins_and_catches_up() {
+    use mirrorlog::wal::record::record_size;
+    let mut trio = Trio::start("1");
+    let mut c = trio.pair.principal().client();
+    for i in 0..60 {
+        assert!(set(&mut c, &format!("k{i}"), format!("v{i}").as_bytes()));
+    }
+    drop(c);
+    wait_mirror_holds_everything(&trio.pair);
+    trio.pair.principal.take().unwrap().kill9();
+    wait_for("the automatic failover", Duration::from_secs(20), || {
+        status(trio.pair.mirror(), 0)["role"] == "principal"
+    });
+    let log = trio.pair.dir.path().join("principal").join("db0").join("log");
+    let mut commit_ends = Vec::new();
+    let report = mirrorlog::wal::recovery::scan(&log, None, |h, _| {
+        if h.kind == mirrorlog::store::redo::TX_COMMIT {
+            commit_ends.push(h.lsn.advance(record_size(h.body_len as usize) as u64));
+        }
+    })
+    .unwrap();
+    assert!(commit_ends.len() > 20, "{} commits", commit_ends.len());
+    let cut = commit_ends[commit_ends.len() - 11];
+    mirrorlog::wal::truncate::truncate_after(&log, cut).unwrap();
+    let failover_lsn = report.end_lsn;
+    assert!(cut < failover_lsn);
+    let mut c = trio.pair.mirror().client();
+    for i in 0..20 {
+        assert!(set(&mut c, &format!("new{i}"), b"after failover"));
+    }
+    trio.pair.start_principal();
+    wait_for("the old principal to rejoin and catch up", Duration::from_secs(30), || {
+        let old = status(trio.pair.principal(), 0);
+        let new = status(trio.pair.mirror(), 0);
+        old["role"] == "mirror" && new["state"] == "SYNCHRONIZED"
+    });
+    assert_eq!(status(trio.pair.principal(), 0)["discarded"], "", "nothing was cut");
+    for i in 0..60 {
+        let v = c.command(&[b"GET", format!("k{i}").as_bytes()]).unwrap();
+        assert_eq!(v.as_bytes(), Some(format!("v{i}").as_bytes()), "k{i}");
+    }
+    drop(c);
+    let Trio { pair, .. } = trio;
+    pair.stop_and_compare();
+}
+
 #[test]
 fn after_forced_service_the_old_principal_rejoins_and_reports_what_it_discarded() {
     use mirrorlog::testing::Fault;

@@ -328,3 +328,35 @@ fn a_ring_dropped_with_a_durable_write_in_flight_waits_for_it() {
     }
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// Several logs on one ring (several databases on one shard): a durable write submitted while the
+/// thread has one goes through the ring instead. All complete, each with its own buffer and bytes.
+#[test]
+fn durable_writes_of_several_logs_at_once_all_complete() {
+    use mirrorlog::io::ring::DurableWrites;
+    use mirrorlog::io::shared_buf::SharedBuf;
+    let dir = scratch();
+    let mut ring = Ring::new(16).unwrap();
+    ring.set_durable_writes(DurableWrites::Thread, Duration::ZERO);
+    let files: Vec<_> = (0..4)
+        .map(|i| {
+            let path = dir.path().join(format!("log{i}"));
+            std::fs::write(&path, vec![0u8; 4096]).unwrap();
+            (path.clone(), std::sync::Arc::new(open_direct(&path).unwrap()))
+        })
+        .collect();
+    for round in 0..3u8 {
+        for (i, (_, file)) in files.iter().enumerate() {
+            let mut buf = AlignedBuf::zeroed(4096);
+            buf.fill(round * 16 + i as u8 + 1);
+            ring.write_shared_durable(file, SharedBuf::new(buf), 4096, 0, i as u64).unwrap();
+        }
+        for (i, (path, _)) in files.iter().enumerate() {
+            let c = wait_for(&mut ring, i as u64);
+            assert_eq!(c.result, 4096);
+            assert!(c.shared.expect("buffer back").release().is_some(), "the ring's reference is the last");
+            assert_eq!(std::fs::read(path).unwrap()[0], round * 16 + i as u8 + 1);
+        }
+        assert_eq!(ring.in_flight(), 0);
+    }
+}

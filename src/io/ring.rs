@@ -79,6 +79,8 @@ struct Slot {
     /// the descriptor up only when it takes the submission, which may be after the caller let go.
     #[allow(dead_code)] // only held
     file: Option<std::sync::Arc<std::fs::File>>,
+    /// A write handed to the durable-write thread (counted in `thread_writes_in_flight`).
+    on_thread: bool,
 }
 
 /// What a completion reports.
@@ -147,6 +149,8 @@ pub struct Ring {
     durable_write_poll: Duration,
     /// The core the durable-write thread is pinned to (`shard::spawn` picks one).
     durable_write_core: Option<usize>,
+    /// Writes handed to the durable-write thread and not yet completed (0 or 1).
+    thread_writes_in_flight: usize,
     uring: IoUring,
     slots: Vec<Option<Slot>>,
     generations: Vec<u32>,
@@ -181,6 +185,7 @@ impl Ring {
             durable_writes: DurableWrites::Thread,
             durable_write_poll: Duration::ZERO,
             durable_write_core: None,
+            thread_writes_in_flight: 0,
             uring,
             slots: Vec::new(),
             generations: Vec::new(),
@@ -204,7 +209,7 @@ impl Ring {
     }
 
     fn slot(&mut self, token: Token, held: Held, file: Option<std::sync::Arc<std::fs::File>>) -> u32 {
-        let slot = Slot { token, held, file };
+        let slot = Slot { token, held, file, on_thread: false };
         self.in_flight += 1;
         match self.free.pop() {
             Some(index) => {
@@ -332,7 +337,9 @@ impl Ring {
     /// (bytes written, or a negative errno) comes back through this ring with the buffer, like
     /// `write_shared_at` with RWF_DSYNC. With `DurableWrites::Thread` (the default) the write is a
     /// blocking pwritev2(RWF_DSYNC) on this ring's durable-write thread, which posts the
-    /// completion here with MSG_RING (`io::durable_writer` says why).
+    /// completion here with MSG_RING (`io::durable_writer` says why). The thread takes one write
+    /// at a time: a write submitted while it has one (several databases' logs on one shard) goes
+    /// through the ring, so that the logs still write in parallel.
     pub fn write_shared_durable(
         &mut self,
         file: &std::sync::Arc<std::fs::File>,
@@ -341,7 +348,7 @@ impl Ring {
         offset: u64,
         token: Token,
     ) -> Result<OpId> {
-        if self.durable_writes == DurableWrites::Ring {
+        if self.durable_writes == DurableWrites::Ring || self.thread_writes_in_flight > 0 {
             return self.write_shared_at(file, buf, len, offset, libc::RWF_DSYNC, token);
         }
         assert!(len <= buf.capacity());
@@ -358,11 +365,20 @@ impl Ring {
         let write =
             crate::io::durable_writer::DurableWrite { file: file.clone(), buf: thread_share, len, offset, user_data };
         let writer = self.durable_writer.as_ref().expect("started above");
-        if writer.push(write).is_err() {
-            self.release(index);
-            return Err(Error::Config("the log write thread's queue is full".into()));
+        match writer.push(write) {
+            Ok(()) => {
+                self.slots[index as usize].as_mut().expect("taken above").on_thread = true;
+                self.thread_writes_in_flight += 1;
+                Ok(OpId(user_data))
+            }
+            Err(write) => {
+                // Cannot happen with one write at a time; the ring can still do it.
+                drop(write);
+                let slot = self.release(index);
+                let Held::Shared(buf) = slot.held else { unreachable!("held above") };
+                self.write_shared_at(file, buf, len, offset, libc::RWF_DSYNC, token)
+            }
         }
-        Ok(OpId(user_data))
     }
 
     /// Zero-copy send of `buf[start..start + len]` from a shared buffer; the reference comes back
@@ -606,6 +622,9 @@ impl Ring {
         let slot = self.slots[index as usize].take().expect("completion for a free slot");
         self.free.push(index);
         self.in_flight -= 1;
+        if slot.on_thread {
+            self.thread_writes_in_flight -= 1;
+        }
         slot
     }
 

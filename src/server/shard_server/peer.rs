@@ -2527,7 +2527,7 @@ impl ServerShard {
     /// `by`, whose role began at `at` (the failover LSN). Its log after `at` holds transactions
     /// the new principal never had (none was acknowledged under SAFETY FULL); they are cut and
     /// kept in a file, the database reopens as a mirror copy at `at`, and the new principal ships
-    /// it the rest. Under SAFETY FULL no page on disk is newer than what the mirror hardened, so
+    /// it the rest. A log that ends before `at` is kept whole and caught up from its end. Under SAFETY FULL no page on disk is newer than what the mirror hardened, so
     /// nothing needs rewinding; pages that are (the principal ran exposed) are fetched from the
     /// new principal first (`mirroring::page_rewind`).
     fn rejoin(&mut self, ring: &mut Ring, db: usize, by: Epoch, at: Lsn) -> Result<()> {
@@ -2547,18 +2547,19 @@ impl ServerShard {
             return Ok(());
         }
         let end = database.log.lsn_hardened();
-        if end < at {
-            return Err(Error::Mirroring(format!(
-                "this log ends at {end}, before the failover LSN {at}: it lacks log the new principal has (restore it from a backup)"
-            )));
-        }
+        // A log that ends before the failover LSN is a prefix of the new principal's, and nothing
+        // is cut: the mirror hardens each batch while the principal writes it, so a principal
+        // killed meanwhile comes back with less log than its mirror had. Everything this server
+        // hardened was shipped in order from the same buffers, and the new principal hardened
+        // what it received up to `at`. It ships the rest from `end`, as to any mirror behind it.
+        let cut = at.min(end);
         // Pages holding changes past the cut (written while the session ran exposed) are fetched
         // from the new principal once connected; the list is persisted before the log is cut.
         let dir = database.dir().to_path_buf();
-        let rewind = page_rewind::pages_past(&dir.join("data.pages"), db_id_of(db), at)?;
+        let rewind = page_rewind::pages_past(&dir.join("data.pages"), db_id_of(db), cut)?;
         // What is cut: count its transactions while the log is still open.
         let mut transactions = 0u64;
-        let mut pos = at;
+        let mut pos = cut;
         while let Some((_, to, bytes)) = database.log.read_hardened(pos, 1 << 20)? {
             let mut off = 0;
             while let Some(h) = record::parse_header(&bytes[off..]) {
@@ -2589,17 +2590,19 @@ impl ServerShard {
         // that is worth keeping: they are dropped), then cut the log.
         self.dbs[db] = None;
         if !rewind.is_empty() {
-            RewindList::store(&dir, at, &rewind)?;
+            RewindList::store(&dir, cut, &rewind)?;
         }
         // A checkpoint taken past the cut wrote every change up to the cut: redo starts at the
         // cut then (the log past it is not this history any more).
         let control = crate::store::control::ControlFile::new(&dir, db_id_of(db));
-        if control.read()? > at {
-            control.write(at)?;
+        if control.read()? > cut {
+            control.write(cut)?;
         }
-        let cut = crate::wal::truncate::truncate_after(&dir.join("log"), at)?;
+        let cut_bytes = crate::wal::truncate::truncate_after(&dir.join("log"), cut)?;
         let file = format!("discarded-{}-{}.log", at.0, end.0);
-        std::fs::write(dir.join(&file), &cut).map_err(|e| Error::io(format!("write {file}"), e))?;
+        if end > at {
+            std::fs::write(dir.join(&file), &cut_bytes).map_err(|e| Error::io(format!("write {file}"), e))?;
+        }
         let discarded = format!("{at} to {end}, {transactions} transaction(s), in {}", dir.join(&file).display());
         let settings = MirroringSettings {
             discarded: (end > at).then_some(discarded.clone()),
@@ -2617,10 +2620,11 @@ impl ServerShard {
         let link = self.mirror_link(db, settings)?;
         self.links[db] = Some(link);
         eprintln!(
-            "mirrorlog: database {db}: REJOINED as mirror at role sequence {} from {at}; discarded {}; {} page(s) to rewind",
+            "mirrorlog: database {db}: REJOINED as mirror at role sequence {} from {cut}; discarded {}; {} page(s) to rewind{}",
             by.0,
             if end > at { discarded } else { "nothing".to_string() },
-            rewind.len()
+            rewind.len(),
+            if end < at { format!("; the new principal ships {end} to {at}, which this server had not hardened") } else { String::new() }
         );
         self.release_dbs.push(db);
         Ok(())
