@@ -30,9 +30,10 @@ use crate::io::shared_buf::SharedBuf;
 use crate::io::write_handoff::WriteHandoff;
 use crate::sync::thread;
 
-/// Writes queued at once at most. The log keeps one write in flight (group commit); page writes
-/// do not come here.
-const QUEUE_CAPACITY: usize = 64;
+/// Writes queued at once at most. The ring hands over one write at a time (a log keeps one write in
+/// flight, and a second log's write goes through the ring meanwhile: `Ring::write_shared_durable`);
+/// 2 is the queue's smallest size.
+const QUEUE_CAPACITY: usize = 2;
 
 /// One durable write, with what its completion must carry.
 pub struct DurableWrite {
