@@ -62,14 +62,14 @@ impl DurableWriter {
         let thread = thread::Builder::new()
             .name(name)
             .spawn(move || {
-                // A small ring of its own, only to post completions with MSG_RING (a ring created
-                // with IORING_SETUP_SINGLE_ISSUER accepts submissions from its creator only).
                 if let Some(core) = core {
                     if let Err(e) = crate::io::shard::pin_to_core(core) {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 }
+                // A small ring of its own, only to post completions with MSG_RING (a ring created
+                // with IORING_SETUP_SINGLE_ISSUER accepts submissions from its creator only).
                 let mut ring = match IoUring::new(8) {
                     Ok(ring) => {
                         let _ = ready_tx.send(Ok(()));

@@ -132,7 +132,7 @@ pub fn spawn<T: Send + 'static>(
                     pin_to_core(cpus[index])?;
                     // The log's durable-write thread goes on another core than its shard: on the
                     // shard's own core it waited for the busy shard at each of a write's two
-                    // wake-ups (1 client: 217-460 µs per write there, 112-117 µs on the other
+                    // wake-ups (1 client: 217-460 µs per write there, 112-120 µs on the other
                     // core; src/docs/log.md).
                     if cpus.len() > 1 {
                         durable_write_core = Some(cpus[(index + 1) % cpus.len()]);

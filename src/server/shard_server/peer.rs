@@ -2527,8 +2527,9 @@ impl ServerShard {
     /// `by`, whose role began at `at` (the failover LSN). Its log after `at` holds transactions
     /// the new principal never had (none was acknowledged under SAFETY FULL); they are cut and
     /// kept in a file, the database reopens as a mirror copy at `at`, and the new principal ships
-    /// it the rest. A log that ends before `at` is kept whole and caught up from its end. Under SAFETY FULL no page on disk is newer than what the mirror hardened, so
-    /// nothing needs rewinding; pages that are (the principal ran exposed) are fetched from the
+    /// it the rest. A log that ends before `at` is kept whole and caught up from its end. Under
+    /// SAFETY FULL no page on disk is newer than what the mirror hardened, so nothing needs
+    /// rewinding; pages that are (the principal ran exposed) are fetched from the
     /// new principal first (`mirroring::page_rewind`).
     fn rejoin(&mut self, ring: &mut Ring, db: usize, by: Epoch, at: Lsn) -> Result<()> {
         let Some(Link::Principal(link)) = self.links[db].as_ref() else { return Ok(()) };
@@ -2600,12 +2601,14 @@ impl ServerShard {
         }
         let cut_bytes = crate::wal::truncate::truncate_after(&dir.join("log"), cut)?;
         let file = format!("discarded-{}-{}.log", at.0, end.0);
-        if end > at {
+        let discarded = if end > at {
             std::fs::write(dir.join(&file), &cut_bytes).map_err(|e| Error::io(format!("write {file}"), e))?;
-        }
-        let discarded = format!("{at} to {end}, {transactions} transaction(s), in {}", dir.join(&file).display());
+            Some(format!("{at} to {end}, {transactions} transaction(s), in {}", dir.join(&file).display()))
+        } else {
+            None
+        };
         let settings = MirroringSettings {
-            discarded: (end > at).then_some(discarded.clone()),
+            discarded: discarded.clone(),
             ..MirroringSettings::new(
                 Role::Mirror,
                 old.settings.partner.clone(),
@@ -2622,7 +2625,7 @@ impl ServerShard {
         eprintln!(
             "mirrorlog: database {db}: REJOINED as mirror at role sequence {} from {cut}; discarded {}; {} page(s) to rewind{}",
             by.0,
-            if end > at { discarded } else { "nothing".to_string() },
+            discarded.unwrap_or_else(|| "nothing".to_string()),
             rewind.len(),
             if end < at { format!("; the new principal ships {end} to {at}, which this server had not hardened") } else { String::new() }
         );
