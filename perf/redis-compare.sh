@@ -81,7 +81,7 @@ PY
   echo "(tput x = median mirrorlog throughput / median Redis throughput; p99 x = median mirrorlog p99 /"
   echo " median Redis p99: below 1 is better)"
   echo "(SET and GET: redis-benchmark's keyspace of 100000 keys, so later SETs overwrite keys with the same"
-  echo " value; mirrorlog logs nothing for those and answers once the last commit is durable, Redis appends"
+  echo " value; mirrorlog logs nothing for those and answers once the key's leaf is durable, Redis appends"
   echo " each to its AOF. SETnew: -r 1000000000, every SET inserts a new key.)"
 } | tee "$OUT"
 echo "written to $OUT"

@@ -12,7 +12,7 @@ use mirrorlog::io::ring::Ring;
 use mirrorlog::store::btree;
 use mirrorlog::store::database::{CommitProgress, Database, DatabaseConfig};
 use mirrorlog::store::page::{PageId, PAGE_SIZE};
-use mirrorlog::wal::{DbId, Epoch};
+use mirrorlog::wal::{DbId, Epoch, Lsn};
 use mirrorlog::Error;
 
 const LOG_TOKEN: u64 = 1 << 40;
@@ -696,4 +696,63 @@ fn an_overwrite_of_the_same_size_logs_only_the_changed_bytes() {
         assert_eq!(get(&mut db, &key(i)), Some(value(i + 1, len)), "key {i}");
     }
     checked_shape(&mut db);
+}
+
+/// A transaction that changes nothing waits only for the pages it saw: a read of a key whose
+/// leaf is hardened answers at once while another leaf's commit is in flight, and a read of
+/// that other leaf (a present or an absent key) waits for the commit.
+#[test]
+fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
+    let dir = scratch();
+    let mut ring = Ring::new(64).unwrap();
+    let mut db = open(dir.path(), &mut ring, 256);
+    let n = 2000;
+    for i in 0..n {
+        put(&mut db, &mut ring, &key(i), &value(i, 100));
+    }
+    let hardened = db.log.lsn_hardened();
+    let read = |db: &mut Database, k: &[u8]| -> (Option<Vec<u8>>, Lsn) {
+        db.begin();
+        let v = btree::get(db.pool(), k).unwrap();
+        match db.commit().unwrap() {
+            CommitProgress::Appended(lsn) => (v, lsn),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Everything is hardened: a read waits for nothing beyond it.
+    assert!(read(&mut db, &key(7)).1 <= hardened);
+
+    // A change of key 0 is appended and not hardened (nothing is submitted to the ring).
+    db.begin();
+    btree::put(db.pool(), &key(0), &value(1, 100)).unwrap();
+    let CommitProgress::Appended(pending) = db.commit().unwrap() else { panic!("not appended") };
+    assert!(pending > db.log.lsn_hardened());
+    let changed_leaf = btree::leaf_of(db.pool(), &key(0)).unwrap();
+    let other = (1..n).rev().find(|&i| btree::leaf_of(db.pool(), &key(i)).unwrap() != changed_leaf).unwrap();
+
+    let (v, wait) = read(&mut db, &key(other));
+    assert_eq!(v, Some(value(other, 100)));
+    assert!(wait <= hardened, "a read of a hardened leaf waits for {wait:?}, hardened {hardened:?}");
+    let (v, wait) = read(&mut db, &key(0));
+    assert_eq!(v, Some(value(1, 100)));
+    assert!(wait >= pending, "a read of the changed key must wait for its commit");
+    // An absent key that would live on the changed leaf: its absence is only as durable as the leaf.
+    let mut absent = key(0);
+    absent.push(b'x');
+    assert_eq!(btree::leaf_of(db.pool(), &absent).unwrap(), changed_leaf);
+    let (v, wait) = read(&mut db, &absent);
+    assert_eq!(v, None);
+    assert!(wait >= pending, "a read of an absent key on the changed leaf must wait for the commit");
+
+    // A write of the value a key already has, right after a checkpoint (when a change would log
+    // a full page image), logs nothing and waits for nothing beyond its leaf.
+    put(&mut db, &mut ring, &key(1), &value(2, 100)); // hardens the pending commit too
+    assert!(db.checkpoint_now().unwrap());
+    let start = db.log.lsn_appended();
+    db.begin();
+    btree::put(db.pool(), &key(other), &value(other, 100)).unwrap();
+    let CommitProgress::Appended(wait) = db.commit().unwrap() else { panic!("not appended") };
+    assert_eq!(db.log.lsn_appended(), start, "a write that changes no byte logs nothing");
+    assert!(wait <= db.log.lsn_hardened());
+    assert_eq!(get(&mut db, &key(other)), Some(value(other, 100)));
 }

@@ -145,6 +145,9 @@ pub struct BufferPool {
     /// showed in profiles).
     spare_images: Vec<Box<[u8]>>,
     in_tx: bool,
+    /// The highest flush barrier among the pages the transaction in progress has read or
+    /// changed: what it saw is durable once the log is hardened there.
+    observed: Lsn,
     lsn_hardened: Lsn,
     /// Pages whose LSN is at or below this take a full image at their next change.
     checkpoint_lsn: Lsn,
@@ -178,6 +181,7 @@ impl BufferPool {
             touched: Vec::new(),
             spare_images: Vec::new(),
             in_tx: false,
+            observed: Lsn::ZERO,
             lsn_hardened: Lsn::ZERO,
             checkpoint_lsn: Lsn::ZERO,
             checkpoint_queue: VecDeque::new(),
@@ -261,7 +265,10 @@ impl BufferPool {
     fn load(&mut self, id: PageId) -> Result<usize> {
         if let Some(&frame) = self.map.get(&id) {
             self.stats.hits += 1;
-            self.frames[frame].referenced = true;
+            let f = &mut self.frames[frame];
+            f.referenced = true;
+            // A page read from the data file has barrier zero: only hardened changes reach it.
+            self.observed = self.observed.max(f.barrier);
             return Ok(frame);
         }
         if self.async_misses {
@@ -434,6 +441,14 @@ impl BufferPool {
     pub fn begin(&mut self) {
         assert!(!self.in_tx && self.touched.is_empty());
         self.in_tx = true;
+        self.observed = Lsn::ZERO;
+    }
+
+    /// The highest flush barrier among the pages the transaction in progress has read or
+    /// changed. A transaction that changes nothing answers once the log is hardened here: every
+    /// transaction that shaped a page it saw ends at or before that page's barrier.
+    pub fn observed(&self) -> Lsn {
+        self.observed
     }
 
     pub fn in_tx(&self) -> bool {
@@ -464,7 +479,9 @@ impl BufferPool {
         let mut out = Vec::with_capacity(self.touched.len());
         for t in &self.touched {
             let after = &self.frames[t.frame].buf[..PAGE_SIZE];
-            let image = t.created || page::page_lsn(&t.before) <= self.checkpoint_lsn;
+            // A page written with the bytes it had (a SET of the value a key already has) logs
+            // nothing: a diff finds no change, and an image is skipped.
+            let image = t.created || (page::page_lsn(&t.before) <= self.checkpoint_lsn && t.before[..] != *after);
             // Sized for an image, or for the usual diff (a cell and its slot), so that it is
             // allocated once.
             let mut body = Vec::with_capacity(if image { PAGE_SIZE + 8 } else { 512 });

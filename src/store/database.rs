@@ -74,7 +74,8 @@ enum CheckpointPhase {
 /// The outcome of `commit` or `continue_commit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitProgress {
-    /// Every record is appended; the transaction is durable once the log is hardened here.
+    /// Every record is appended; the transaction is durable once the log is hardened here. For
+    /// a transaction that changed nothing: what it read is durable once the log is hardened here.
     Appended(Lsn),
     /// The log buffer is full: call `continue_commit` after the next write completes.
     WaitingForSpace,
@@ -419,8 +420,12 @@ impl Database {
     pub fn commit(&mut self) -> Result<CommitProgress> {
         let changes: VecDeque<PageChange> = self.pool.take_changes().into();
         if changes.is_empty() {
+            // Nothing to log: the answer depends only on the pages the transaction saw, so it
+            // waits for their barriers, not for the last commit (a GET of a hardened key answers
+            // at once while other keys' commits are in flight).
+            let observed = self.pool.observed();
             self.pool.finish_commit(&[], self.last_commit);
-            return Ok(CommitProgress::Appended(self.last_commit));
+            return Ok(CommitProgress::Appended(observed));
         }
         self.tx_seq += 1;
         self.pending = Some(PendingCommit { changes, logged: Vec::new(), seq: self.tx_seq, piecewise: false });
