@@ -751,6 +751,7 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
     let start = db.log.lsn_appended();
     db.begin();
     btree::put(db.pool(), &key(other), &value(other, 100)).unwrap();
+    assert_eq!(db.pool().pages_in_tx(), 0, "a write of the same value takes no page (no before-image)");
     let CommitProgress::Appended(wait) = db.commit().unwrap() else { panic!("not appended") };
     assert_eq!(db.log.lsn_appended(), start, "a write that changes no byte logs nothing");
     assert!(wait <= db.log.lsn_hardened());

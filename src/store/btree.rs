@@ -301,9 +301,13 @@ pub fn put(pool: &mut BufferPool, key: &[u8], value: &[u8]) -> Result<bool> {
     let (leaf, path) = descend(pool, key)?;
     let found = node::search(as_page(pool.read(leaf)?), NodeKind::Leaf, key).map_err(|e| node_err(leaf, e))?;
     if let Ok(i) = found {
-        if replace_inline(pool, leaf, i, value)? {
-            rebalance(pool, leaf, path, key)?;
-            return Ok(true);
+        match replace_inline(pool, leaf, i, value)? {
+            Replaced::Same => return Ok(true),
+            Replaced::Changed => {
+                rebalance(pool, leaf, path, key)?;
+                return Ok(true);
+            }
+            Replaced::NotInline => {}
         }
         remove_at(pool, leaf, i)?;
     }
@@ -325,22 +329,32 @@ pub fn put(pool: &mut BufferPool, key: &[u8], value: &[u8]) -> Result<bool> {
     Ok(found.is_ok())
 }
 
+/// What `replace_inline` did.
+enum Replaced {
+    /// The cell already held this value: nothing was written (the page is not even taken into
+    /// the transaction, so it costs no before-image).
+    Same,
+    Changed,
+    /// Either value is not inline, or the new one does not fit: the leaf is unchanged.
+    NotInline,
+}
+
 /// Replaces the inline value of cell `i` of `leaf` with `value` inside the leaf (in place when it
 /// is not larger), the common case of a SET on an existing key: the cell keeps its slot, so only
-/// the value's bytes change and the logged diff is about the size of the value. Returns false,
-/// with the leaf unchanged, when either value is not inline or the new one does not fit.
-fn replace_inline(pool: &mut BufferPool, leaf: PageId, i: usize, value: &[u8]) -> Result<bool> {
-    let old_inline = matches!(
-        node::leaf_value_at(as_page(pool.read(leaf)?), i).map_err(|e| node_err(leaf, e))?,
-        LeafValue::Inline(_)
-    );
+/// the value's bytes change and the logged diff is about the size of the value.
+fn replace_inline(pool: &mut BufferPool, leaf: PageId, i: usize, value: &[u8]) -> Result<Replaced> {
+    let old_inline = match node::leaf_value_at(as_page(pool.read(leaf)?), i).map_err(|e| node_err(leaf, e))? {
+        LeafValue::Inline(old) if old == value => return Ok(Replaced::Same),
+        LeafValue::Inline(_) => true,
+        LeafValue::Overflow { .. } => false,
+    };
     let key_len = node::key_at(as_page(pool.read(leaf)?), NodeKind::Leaf, i).map_err(|e| node_err(leaf, e))?.len();
     if !old_inline || !node::fits_inline(key_len, value.len()) {
-        return Ok(false);
+        return Ok(Replaced::NotInline);
     }
     match node::leaf_replace(as_page_mut(pool.write(leaf)?), i, LeafValue::Inline(value)) {
-        Ok(()) => Ok(true),
-        Err(NodeError::NoSpace) => Ok(false),
+        Ok(()) => Ok(Replaced::Changed),
+        Err(NodeError::NoSpace) => Ok(Replaced::NotInline),
         Err(e) => Err(node_err(leaf, e)),
     }
 }

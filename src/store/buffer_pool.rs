@@ -444,6 +444,11 @@ impl BufferPool {
         self.observed = Lsn::ZERO;
     }
 
+    /// Pages the transaction in progress has taken for changing (each with a before-image).
+    pub fn pages_in_tx(&self) -> usize {
+        self.touched.len()
+    }
+
     /// The highest flush barrier among the pages the transaction in progress has read or
     /// changed. A transaction that changes nothing answers once the log is hardened here: every
     /// transaction that shaped a page it saw ends at or before that page's barrier.
