@@ -36,3 +36,5 @@ impl<T> UnsafeCell<T> {
         f(self.0.get())
     }
 }
+
+pub mod bounded_queue;

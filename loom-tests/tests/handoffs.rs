@@ -7,7 +7,7 @@ use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
 use mirrorlog::io::doorbell::Doorbell;
-use mirrorlog::wal::append_queue::BoundedQueue;
+use mirrorlog::sync::bounded_queue::BoundedQueue;
 use mirrorlog::wal::hardened::{HardenedLsn, LogFailed};
 use mirrorlog::wal::remote::AppendReply;
 use mirrorlog::wal::Lsn;

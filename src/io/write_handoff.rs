@@ -9,9 +9,9 @@
 //! the consumer looks at the queue, then parks; a push that lands between the two has already
 //! left the token.
 
+use crate::sync::bounded_queue::BoundedQueue;
 use crate::sync::thread;
 use crate::sync::{AtomicBool, Ordering};
-use crate::wal::append_queue::BoundedQueue;
 
 pub struct WriteHandoff<T> {
     queue: BoundedQueue<T>,

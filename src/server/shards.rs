@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 
 use crate::server::commands::Session;
-use crate::wal::append_queue::BoundedQueue;
+use crate::sync::bounded_queue::BoundedQueue;
 
 /// A connection moving to another shard.
 pub struct Migration {

@@ -31,8 +31,8 @@ use crate::io::ring::{Completion, Ring, Token};
 use crate::io::shared_buf::SharedBuf;
 use std::sync::Arc as FileArc;
 
+use crate::sync::bounded_queue::BoundedQueue;
 use crate::sync::Arc;
-use crate::wal::append_queue::BoundedQueue;
 use crate::wal::hardened::HardenedLsn;
 use crate::wal::record::{self, RecordKind};
 use crate::wal::recovery::{self, RecoveryReport};

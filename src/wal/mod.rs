@@ -3,7 +3,6 @@
 //! See `log_writer` for the group commit, `recovery` for the decision table, `record` and
 //! `segment` for the on-disk formats.
 
-pub mod append_queue;
 pub mod hardened;
 pub mod log_writer;
 mod lsn;

@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::io::doorbell::Doorbell;
+use crate::sync::bounded_queue::BoundedQueue;
 use crate::sync::{Arc, Condvar, Mutex};
-use crate::wal::append_queue::BoundedQueue;
 use crate::wal::hardened::HardenedLsn;
 use crate::wal::record::RecordKind;
 use crate::wal::Lsn;

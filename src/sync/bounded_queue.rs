@@ -1,8 +1,9 @@
-//! A bounded lock-free queue that feeds a log from threads other than its shard.
+//! A bounded lock-free queue between threads: appends fed to a log by other threads, connection
+//! and peer migrations between shards, and log writes handed to a shard's durable-write thread.
 //!
 //! Dmitry Vyukov's bounded MPMC queue (each slot carries a sequence number that says whose turn it
-//! is), used here with many producers and the shard as the one consumer. No allocation after
-//! creation; a full queue refuses the push and hands the value back. `loom-tests/` checks it.
+//! is), used here with many producers and one consumer. No allocation after creation; a full
+//! queue refuses the push and hands the value back. `loom-tests/` checks it.
 
 use std::mem::MaybeUninit;
 
