@@ -388,6 +388,51 @@ fn a_frozen_mirror_holds_full_commits_for_the_partner_timeout_then_the_principal
     pair.stop_and_compare();
 }
 
+/// In SAFETY FULL a read never returns a write its mirror has not hardened, and it waits only
+/// for the pages it reads: with the mirror frozen, a GET of the key being written waits with the
+/// write, while a GET of a key on another leaf answers at once.
+#[test]
+fn a_read_waits_for_an_unreleased_write_of_its_page_and_only_for_that() {
+    let pair = Pair::start(&["--safety", "full", "--partner-timeout", "4"], &["--partner-timeout", "6"]);
+    pair.wait_state(0, "SYNCHRONIZED");
+    let mut c = pair.principal().client();
+    // Enough keys for several leaves: "k0000" and "k0399" are on different ones.
+    let old = vec![b'o'; 100];
+    for i in 0..400 {
+        assert!(set(&mut c, &format!("k{i:04}"), &old));
+    }
+    wait_mirror_holds_everything(&pair);
+    let pid = pair.mirror().child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let addr = pair.principal().addr;
+    let writer = std::thread::spawn(move || {
+        let mut w = Client::connect(addr, Duration::from_secs(20)).unwrap();
+        let started = Instant::now();
+        assert!(set(&mut w, "k0000", b"new"));
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300)); // the SET is appended and held
+    let started = Instant::now();
+    let other = c.command(&[b"GET", b"k0399"]).unwrap();
+    let other_took = started.elapsed();
+    assert_eq!(other.as_bytes(), Some(&old[..]));
+    assert!(other_took < Duration::from_millis(2000), "a GET of another leaf waited {other_took:?}");
+    let same = c.command(&[b"GET", b"k0000"]).unwrap();
+    let same_took = started.elapsed();
+    assert_eq!(same.as_bytes(), Some(&b"new"[..]), "the GET returns the write once it is released");
+    let write_took = writer.join().unwrap();
+    assert!(write_took >= Duration::from_millis(3000), "the write was answered after {write_took:?}");
+    assert!(
+        same_took + Duration::from_millis(300) >= Duration::from_millis(3000),
+        "a GET of the held key answered after {same_took:?}, before its write was released"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    pair.wait_state(0, "SYNCHRONIZED");
+    pair.stop_and_compare();
+}
+
 #[test]
 fn safety_off_with_lz4_suspend_persists_and_resume_resynchronizes() {
     let mut pair = Pair::start(&["--safety", "off", "--log-compression", "lz4"], &[]);

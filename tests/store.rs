@@ -756,4 +756,17 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
     assert_eq!(db.log.lsn_appended(), start, "a write that changes no byte logs nothing");
     assert!(wait <= db.log.lsn_hardened());
     assert_eq!(get(&mut db, &key(other)), Some(value(other, 100)));
+
+    // Pages read from the data file have no barrier of their own: a read of them waits for the
+    // page write limit they were written under, never for nothing (a page may reach the disk
+    // before its commit is released to clients, e.g. before the mirror hardened it).
+    drop(db);
+    let mut db = open(dir.path(), &mut ring, 256);
+    let hardened = db.log.lsn_hardened();
+    let (v, wait) = read(&mut db, &key(other));
+    assert_eq!(v, Some(value(other, 100)));
+    assert!(
+        wait > Lsn::ZERO && wait <= hardened,
+        "a read of a page from disk waits for {wait:?}, hardened {hardened:?}"
+    );
 }

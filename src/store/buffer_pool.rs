@@ -149,6 +149,9 @@ pub struct BufferPool {
     /// changed: what it saw is durable once the log is hardened there.
     observed: Lsn,
     lsn_hardened: Lsn,
+    /// The highest page write limit so far (`set_hardened`): a page without a barrier of its own
+    /// (read from the data file, or recovered by redo at start-up) holds no change above it.
+    hardened_max: Lsn,
     /// Pages whose LSN is at or below this take a full image at their next change.
     checkpoint_lsn: Lsn,
     /// Frames the checkpoint in progress has still to write, by flush barrier.
@@ -183,6 +186,7 @@ impl BufferPool {
             in_tx: false,
             observed: Lsn::ZERO,
             lsn_hardened: Lsn::ZERO,
+            hardened_max: Lsn::ZERO,
             checkpoint_lsn: Lsn::ZERO,
             checkpoint_queue: VecDeque::new(),
             writes_in_flight: 0,
@@ -201,6 +205,7 @@ impl BufferPool {
 
     pub fn set_hardened(&mut self, lsn: Lsn) {
         self.lsn_hardened = lsn;
+        self.hardened_max = self.hardened_max.max(lsn);
     }
 
     pub fn set_checkpoint_lsn(&mut self, lsn: Lsn) {
@@ -267,13 +272,18 @@ impl BufferPool {
             self.stats.hits += 1;
             let f = &mut self.frames[frame];
             f.referenced = true;
-            // A page read from the data file has barrier zero: only hardened changes reach it.
-            self.observed = self.observed.max(f.barrier);
+            // A page with no barrier of its own came from the data file or from redo: it holds
+            // nothing above the page write limit it was written under. (Zero would be wrong: a
+            // page may be written once the log is hardened, before its commit is released, e.g.
+            // while a principal's mirror has not hardened it.)
+            let barrier = if f.barrier == Lsn::ZERO { self.hardened_max } else { f.barrier };
+            self.observed = self.observed.max(barrier);
             return Ok(frame);
         }
         if self.async_misses {
             return Err(Error::PageNotCached(id));
         }
+        self.observed = self.observed.max(self.hardened_max);
         self.stats.misses += 1;
         let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
         match self.data.read_page(id, &mut buf)? {
