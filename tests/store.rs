@@ -710,6 +710,10 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
     for i in 0..n {
         put(&mut db, &mut ring, &key(i), &value(i, 100));
     }
+    // Room on key 0's leaf, so that an insert there below does not split it.
+    db.begin();
+    assert!(btree::delete(db.pool(), &key(1)).unwrap());
+    db.commit_blocking(&mut ring).unwrap();
     let hardened = db.log.lsn_hardened();
     let read = |db: &mut Database, k: &[u8]| -> (Option<Vec<u8>>, Lsn) {
         db.begin();
@@ -743,6 +747,20 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
     let (v, wait) = read(&mut db, &absent);
     assert_eq!(v, None);
     assert!(wait >= pending, "a read of an absent key on the changed leaf must wait for the commit");
+
+    // An insert on that leaf, also appended and not hardened. It changes the meta page's key count
+    // too, which every lookup reads for the root: a read of another leaf still waits for nothing.
+    let shape = btree::shape(db.pool()).unwrap();
+    db.begin();
+    btree::put(db.pool(), &absent, b"inserted").unwrap();
+    let CommitProgress::Appended(inserted) = db.commit().unwrap() else { panic!("not appended") };
+    assert_eq!(btree::shape(db.pool()).unwrap().leaves, shape.leaves, "the insert split a leaf");
+    let (v, wait) = read(&mut db, &key(other));
+    assert_eq!(v, Some(value(other, 100)));
+    assert!(wait <= hardened, "a read of a hardened leaf waits for {wait:?} while an insert is in flight");
+    let (v, wait) = read(&mut db, &absent);
+    assert_eq!(v.as_deref(), Some(&b"inserted"[..]));
+    assert!(wait >= inserted, "a read of the inserted key must wait for its commit");
 
     // A write of the value a key already has, right after a checkpoint (when a change would log
     // a full page image), logs nothing and waits for nothing beyond its leaf.

@@ -442,14 +442,12 @@ fn run_transaction(
     }
 }
 
-/// Reads `key`'s live value (expired values read as absent), raising `barrier` to the flush
-/// barrier of the leaf it lives on.
-fn load(database: &mut Database, key: &[u8], barrier: &mut Lsn) -> Result<Option<StoredValue>, Error> {
+/// Reads `key`'s live value (expired values read as absent). The reply waits for the pages the
+/// lookup read (`BufferPool::observed`, through `Database::commit`).
+fn load(database: &mut Database, key: &[u8]) -> Result<Option<StoredValue>, Error> {
     if key.len() > KEY_SIZE_MAX {
         return Ok(None);
     }
-    let leaf = btree::leaf_of(database.pool(), key)?;
-    *barrier = (*barrier).max(database.pool().barrier(leaf));
     let Some(bytes) = btree::get(database.pool(), key)? else { return Ok(None) };
     let value = StoredValue::decode(&bytes)
         .ok_or_else(|| Error::TreeCorrupt(format!("value of key {:?} is malformed", String::from_utf8_lossy(key))))?;
@@ -479,23 +477,23 @@ fn data_command(
     Ok(match name.as_str() {
         "PING" => args.get(1).map(|m| Reply::bulk(*m)).unwrap_or(Reply::Simple("PONG".into())),
         "ECHO" => Reply::bulk(args[1]),
-        "GET" => match load(database, key, barrier)? {
+        "GET" => match load(database, key)? {
             Some(v) => Reply::Bulk(v.data),
             None => Reply::Null,
         },
-        "SET" => return set(database, args, barrier),
+        "SET" => return set(database, args),
         "GETSET" => {
             if args[2].len() > VALUE_SIZE_MAX {
                 return Ok(value_too_large());
             }
-            let old = load(database, key, barrier)?;
+            let old = load(database, key)?;
             store(database, key, &StoredValue::new(args[2].to_vec(), None))?;
             old.map(|v| Reply::Bulk(v.data)).unwrap_or(Reply::Null)
         }
         "DEL" => {
             let mut n = 0;
             for k in &args[1..] {
-                if load(database, k, barrier)?.is_some() {
+                if load(database, k)?.is_some() {
                     n += 1;
                 }
                 if k.len() <= KEY_SIZE_MAX {
@@ -507,14 +505,14 @@ fn data_command(
         "EXISTS" => {
             let mut n = 0;
             for k in &args[1..] {
-                n += load(database, k, barrier)?.is_some() as i64;
+                n += load(database, k)?.is_some() as i64;
             }
             Reply::Integer(n)
         }
         "MGET" => {
             let mut out = Vec::with_capacity(args.len() - 1);
             for k in &args[1..] {
-                out.push(load(database, k, barrier)?.map(|v| Reply::Bulk(v.data)).unwrap_or(Reply::Null));
+                out.push(load(database, k)?.map(|v| Reply::Bulk(v.data)).unwrap_or(Reply::Null));
             }
             Reply::Array(out)
         }
@@ -540,7 +538,7 @@ fn data_command(
             };
             let by = if name.starts_with("DECR") { by.checked_neg() } else { Some(by) };
             let Some(by) = by else { return Ok(err(NOT_INTEGER)) };
-            let old = load(database, key, barrier)?;
+            let old = load(database, key)?;
             let current = match &old {
                 Some(v) => match parse_i64(&v.data) {
                     Some(n) => n,
@@ -558,7 +556,7 @@ fn data_command(
             Reply::Integer(next)
         }
         "APPEND" => {
-            let mut value = load(database, key, barrier)?.unwrap_or(StoredValue::new(Vec::new(), None));
+            let mut value = load(database, key)?.unwrap_or(StoredValue::new(Vec::new(), None));
             if value.data.len() + args[2].len() > VALUE_SIZE_MAX {
                 return Ok(value_too_large());
             }
@@ -569,8 +567,8 @@ fn data_command(
             store(database, key, &value)?;
             Reply::Integer(value.data.len() as i64)
         }
-        "STRLEN" => Reply::Integer(load(database, key, barrier)?.map(|v| v.data.len() as i64).unwrap_or(0)),
-        "TTL" | "PTTL" => match load(database, key, barrier)? {
+        "STRLEN" => Reply::Integer(load(database, key)?.map(|v| v.data.len() as i64).unwrap_or(0)),
+        "TTL" | "PTTL" => match load(database, key)? {
             None => Reply::Integer(-2),
             Some(StoredValue { expire_at_ms: None, .. }) => Reply::Integer(-1),
             Some(StoredValue { expire_at_ms: Some(at), .. }) => {
@@ -578,7 +576,7 @@ fn data_command(
                 Reply::Integer(if name == "TTL" { (left + 500) / 1000 } else { left })
             }
         },
-        "PERSIST" => match load(database, key, barrier)? {
+        "PERSIST" => match load(database, key)? {
             Some(mut v) if v.expire_at_ms.is_some() => {
                 v.expire_at_ms = None;
                 store(database, key, &v)?;
@@ -586,7 +584,7 @@ fn data_command(
             }
             _ => Reply::Integer(0),
         },
-        "EXPIRE" | "PEXPIRE" => return expire(database, args, name == "EXPIRE", barrier),
+        "EXPIRE" | "PEXPIRE" => return expire(database, args, name == "EXPIRE"),
         "DBSIZE" => {
             *barrier = (*barrier).max(database.last_commit());
             Reply::Integer(btree::meta(database.pool())?.key_count as i64)
@@ -641,7 +639,7 @@ fn limit_error(key: &[u8], value: &[u8]) -> Option<Reply> {
     }
 }
 
-fn set(database: &mut Database, args: &[&[u8]], barrier: &mut Lsn) -> Result<Reply, Error> {
+fn set(database: &mut Database, args: &[&[u8]]) -> Result<Reply, Error> {
     let (key, data) = (args[1], args[2]);
     let (mut nx, mut xx, mut get, mut keep_ttl) = (false, false, false, false);
     let mut expire_at: Option<u64> = None;
@@ -684,7 +682,7 @@ fn set(database: &mut Database, args: &[&[u8]], barrier: &mut Lsn) -> Result<Rep
         store(database, key, &StoredValue::new(data.to_vec(), expire_at))?;
         return Ok(Reply::ok());
     }
-    let old = load(database, key, barrier)?;
+    let old = load(database, key)?;
     let old_reply = || old.clone().map(|v| Reply::Bulk(v.data)).unwrap_or(Reply::Null);
     if (nx && old.is_some()) || (xx && old.is_none()) {
         return Ok(if get { old_reply() } else { Reply::Null });
@@ -694,13 +692,13 @@ fn set(database: &mut Database, args: &[&[u8]], barrier: &mut Lsn) -> Result<Rep
     Ok(if get { old_reply() } else { Reply::ok() })
 }
 
-fn expire(database: &mut Database, args: &[&[u8]], seconds: bool, barrier: &mut Lsn) -> Result<Reply, Error> {
+fn expire(database: &mut Database, args: &[&[u8]], seconds: bool) -> Result<Reply, Error> {
     let Some(n) = parse_i64(args[2]) else { return Ok(err(NOT_INTEGER)) };
     let flag = args.get(3).map(|f| String::from_utf8_lossy(f).to_ascii_uppercase());
     if args.len() > 4 || flag.as_deref().is_some_and(|f| !matches!(f, "NX" | "XX" | "GT" | "LT")) {
         return Ok(err(SYNTAX));
     }
-    let Some(mut value) = load(database, args[1], barrier)? else { return Ok(Reply::Integer(0)) };
+    let Some(mut value) = load(database, args[1])? else { return Ok(Reply::Integer(0)) };
     let delta_ms = if seconds { n.checked_mul(1000) } else { Some(n) };
     let Some(at) = delta_ms.and_then(|d| (now_ms() as i64).checked_add(d)) else {
         return Ok(err(&format!(

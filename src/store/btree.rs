@@ -170,9 +170,23 @@ fn check_limits(key: &[u8], value_len: usize) -> Result<()> {
     Ok(())
 }
 
+/// The root page, read from the meta page without counting the meta page among the pages the
+/// transaction saw (`BufferPool::read_unobserved`): every insert changes the meta page (the key
+/// count), and a lookup that counted it would wait for the last insert in flight. What a lookup
+/// depends on is the root pointer, and a transaction that changes it also changes the root page
+/// (a root split creates it; a root collapse merged into the child that becomes the root), which
+/// the descent observes.
+fn root(pool: &mut BufferPool) -> Result<PageId> {
+    let p = pool.read_unobserved(META_PAGE)?;
+    if page::page_type(p) != Some(PageType::Meta) || p[META_MAGIC_AT..META_MAGIC_AT + 4] != META_MAGIC {
+        return Err(corrupt(META_PAGE, "not a meta page"));
+    }
+    Ok(PageId(u64_at(p, META_ROOT)))
+}
+
 /// The leaf that holds (or would hold) `key`, and the internal nodes above it, root first.
 fn descend(pool: &mut BufferPool, key: &[u8]) -> Result<(PageId, Vec<PageId>)> {
-    let mut id = meta(pool)?.root;
+    let mut id = root(pool)?;
     let mut path = Vec::new();
     for _ in 0..DEPTH_MAX {
         let p = pool.read(id)?;
@@ -229,7 +243,7 @@ pub fn get_prefix(pool: &mut BufferPool, key: &[u8], len: usize) -> Result<Optio
     }
 }
 
-/// The leaf page a key lives on (readers check its flush barrier).
+/// The leaf page a key lives on (or would live on).
 pub fn leaf_of(pool: &mut BufferPool, key: &[u8]) -> Result<PageId> {
     Ok(descend(pool, key)?.0)
 }

@@ -149,9 +149,11 @@ pub struct BufferPool {
     /// changed: what it saw is durable once the log is hardened there.
     observed: Lsn,
     lsn_hardened: Lsn,
-    /// The highest page write limit so far (`set_hardened`): a page without a barrier of its own
-    /// (read from the data file, or recovered by redo at start-up) holds no change above it.
-    hardened_max: Lsn,
+    /// No page without a barrier of its own (read from the data file, or recovered by redo at
+    /// start-up) holds a change above this: the highest page write limit so far (`set_hardened`),
+    /// and the log's end when the pool was made (`raise_unbarriered_bound`: redo writes pages
+    /// the pool never saw).
+    unbarriered_bound: Lsn,
     /// Pages whose LSN is at or below this take a full image at their next change.
     checkpoint_lsn: Lsn,
     /// Frames the checkpoint in progress has still to write, by flush barrier.
@@ -186,7 +188,7 @@ impl BufferPool {
             in_tx: false,
             observed: Lsn::ZERO,
             lsn_hardened: Lsn::ZERO,
-            hardened_max: Lsn::ZERO,
+            unbarriered_bound: Lsn::ZERO,
             checkpoint_lsn: Lsn::ZERO,
             checkpoint_queue: VecDeque::new(),
             writes_in_flight: 0,
@@ -205,7 +207,13 @@ impl BufferPool {
 
     pub fn set_hardened(&mut self, lsn: Lsn) {
         self.lsn_hardened = lsn;
-        self.hardened_max = self.hardened_max.max(lsn);
+        self.unbarriered_bound = self.unbarriered_bound.max(lsn);
+    }
+
+    /// Pages on disk may hold changes up to `lsn` (the log's end, for a pool made over pages
+    /// that redo wrote): reads of pages without a barrier of their own wait for it.
+    pub fn raise_unbarriered_bound(&mut self, lsn: Lsn) {
+        self.unbarriered_bound = self.unbarriered_bound.max(lsn);
     }
 
     pub fn set_checkpoint_lsn(&mut self, lsn: Lsn) {
@@ -224,6 +232,17 @@ impl BufferPool {
     /// The page, read from the data file if it is not cached.
     pub fn read(&mut self, id: PageId) -> Result<&[u8]> {
         let frame = self.load(id)?;
+        Ok(&self.frames[frame].buf[..PAGE_SIZE])
+    }
+
+    /// The page, without counting it among the pages the transaction saw (`observed`). Only for
+    /// the meta page's root pointer on a lookup: the meta page changes with every insert (the
+    /// key count), but a change of the root also changes the root page itself in the same
+    /// transaction, so the descent from it observes that change.
+    pub fn read_unobserved(&mut self, id: PageId) -> Result<&[u8]> {
+        let observed = self.observed;
+        let frame = self.load(id)?;
+        self.observed = observed;
         Ok(&self.frames[frame].buf[..PAGE_SIZE])
     }
 
@@ -273,17 +292,17 @@ impl BufferPool {
             let f = &mut self.frames[frame];
             f.referenced = true;
             // A page with no barrier of its own came from the data file or from redo: it holds
-            // nothing above the page write limit it was written under. (Zero would be wrong: a
-            // page may be written once the log is hardened, before its commit is released, e.g.
-            // while a principal's mirror has not hardened it.)
-            let barrier = if f.barrier == Lsn::ZERO { self.hardened_max } else { f.barrier };
+            // nothing above `unbarriered_bound`. (Zero would be wrong: a page may be written once
+            // the log is hardened, before its commit is released, e.g. while a principal's
+            // mirror has not hardened it.)
+            let barrier = if f.barrier == Lsn::ZERO { self.unbarriered_bound } else { f.barrier };
             self.observed = self.observed.max(barrier);
             return Ok(frame);
         }
         if self.async_misses {
             return Err(Error::PageNotCached(id));
         }
-        self.observed = self.observed.max(self.hardened_max);
+        self.observed = self.observed.max(self.unbarriered_bound);
         self.stats.misses += 1;
         let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
         match self.data.read_page(id, &mut buf)? {

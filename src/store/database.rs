@@ -158,6 +158,7 @@ impl Database {
         };
         db.last_commit = db.log.lsn_hardened();
         db.pool.set_hardened(db.page_write_limit());
+        db.pool.raise_unbarriered_bound(db.log.lsn_hardened());
         if config.restoring {
             // Redo wrote and synced the pages it changed; the checkpoint stays where it was (a
             // mirror checkpoints only where its principal did: see `record_mirror_checkpoint`).
@@ -254,6 +255,7 @@ impl Database {
         self.log_checkpoint_records = false;
         self.pool = BufferPool::new(DataFile::open(&self.dir.join("data.pages"), self.db_id)?, self.cache_pages);
         self.pool.set_hardened(self.page_write_limit());
+        self.pool.raise_unbarriered_bound(self.log.lsn_hardened());
         Ok(())
     }
 
@@ -264,6 +266,7 @@ impl Database {
     pub fn become_principal(&mut self, ring: &mut Ring, incomplete_tail: bool) -> Result<()> {
         self.pool = BufferPool::new(DataFile::open(&self.dir.join("data.pages"), self.db_id)?, self.cache_pages);
         self.pool.set_hardened(self.page_write_limit());
+        self.pool.raise_unbarriered_bound(self.log.lsn_hardened());
         self.restoring = false;
         if incomplete_tail {
             self.log.append(redo::TX_ABORT, &[]).map_err(Error::from)?;
