@@ -788,3 +788,50 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
         "a read of a page from disk waits for {wait:?}, hardened {hardened:?}"
     );
 }
+
+/// Lookups do not count the meta page, so what guards a read against an unreleased change of the
+/// tree's root is the root page itself: a root split and FLUSHDB, appended and not hardened, make
+/// every read wait for them.
+#[test]
+fn a_read_waits_for_an_unreleased_root_split_and_flushdb() {
+    let dir = scratch();
+    let mut ring = Ring::new(64).unwrap();
+    let mut db = open(dir.path(), &mut ring, 256);
+    let read_wait = |db: &mut Database, k: &[u8]| -> Lsn {
+        db.begin();
+        btree::get(db.pool(), k).unwrap();
+        match db.commit().unwrap() {
+            CommitProgress::Appended(lsn) => lsn,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Fill the root leaf, hardened, up to the insert that splits it; that one stays unhardened.
+    let mut split = None;
+    for i in 0..1000 {
+        db.begin();
+        btree::put(db.pool(), &key(i), &value(i, 100)).unwrap();
+        if btree::shape(db.pool()).unwrap().height == 1 {
+            db.abort();
+            put(&mut db, &mut ring, &key(i), &value(i, 100));
+            continue;
+        }
+        let CommitProgress::Appended(lsn) = db.commit().unwrap() else { panic!("not appended") };
+        split = Some((i, lsn));
+        break;
+    }
+    let (last, split_lsn) = split.expect("the root leaf split");
+    assert!(split_lsn > db.log.lsn_hardened());
+    for k in [key(0), key(last), key(last + 1)] {
+        assert!(read_wait(&mut db, &k) >= split_lsn, "a read during an unreleased root split");
+    }
+    put(&mut db, &mut ring, &key(5000), &value(0, 10)); // hardens the split
+    assert!(read_wait(&mut db, &key(0)) <= db.log.lsn_hardened());
+
+    db.begin();
+    btree::clear(db.pool()).unwrap();
+    let CommitProgress::Appended(flush_lsn) = db.commit().unwrap() else { panic!("not appended") };
+    assert!(flush_lsn > db.log.lsn_hardened());
+    for k in [key(0), key(last)] {
+        assert!(read_wait(&mut db, &k) >= flush_lsn, "a read during an unreleased FLUSHDB");
+    }
+}

@@ -617,7 +617,7 @@ impl Merge {
 /// Replaces an internal root with no separators left by its only child, and frees it: the tree
 /// shrinks by one level.
 fn collapse_root(pool: &mut BufferPool) -> Result<()> {
-    for _ in 0..DEPTH_MAX {
+    for pass in 0..DEPTH_MAX {
         let root = meta(pool)?.root;
         let p = as_page(pool.read(root)?);
         if page::page_type(p) != Some(PageType::Internal) || node::cell_count(p).map_err(|e| node_err(root, e))? > 0 {
@@ -627,6 +627,10 @@ fn collapse_root(pool: &mut BufferPool) -> Result<()> {
         if child == META_PAGE || child == root {
             return Err(corrupt(root, "the root's only child is the meta page or the root itself"));
         }
+        // The child that becomes the root was changed by the merge that emptied the root, in this
+        // transaction: lookups count it instead of the meta page (see `root`). A second pass would
+        // make an unchanged page the root; a merge leaves its surviving node at least one cell.
+        debug_assert_eq!(pass, 0, "a root collapsed twice in one transaction");
         free_page(pool, root)?;
         let mut m = meta(pool)?;
         m.root = child;
