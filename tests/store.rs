@@ -57,6 +57,21 @@ fn get(db: &mut Database, k: &[u8]) -> Option<Vec<u8>> {
     btree::get(db.pool(), k).unwrap()
 }
 
+/// Commits the transaction in progress without hardening it; returns the LSN its reply waits for.
+fn commit_appended(db: &mut Database) -> Lsn {
+    match db.commit().unwrap() {
+        CommitProgress::Appended(lsn) => lsn,
+        other => panic!("not appended: {other:?}"),
+    }
+}
+
+/// Reads `k` in a transaction of its own: the value, and the LSN the reply waits for.
+fn read_and_wait(db: &mut Database, k: &[u8]) -> (Option<Vec<u8>>, Lsn) {
+    db.begin();
+    let v = btree::get(db.pool(), k).unwrap();
+    (v, commit_appended(db))
+}
+
 #[test]
 fn random_operations_match_a_model_across_reopens() {
     let dir = scratch();
@@ -715,36 +730,28 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
     assert!(btree::delete(db.pool(), &key(1)).unwrap());
     db.commit_blocking(&mut ring).unwrap();
     let hardened = db.log.lsn_hardened();
-    let read = |db: &mut Database, k: &[u8]| -> (Option<Vec<u8>>, Lsn) {
-        db.begin();
-        let v = btree::get(db.pool(), k).unwrap();
-        match db.commit().unwrap() {
-            CommitProgress::Appended(lsn) => (v, lsn),
-            other => panic!("{other:?}"),
-        }
-    };
     // Everything is hardened: a read waits for nothing beyond it.
-    assert!(read(&mut db, &key(7)).1 <= hardened);
+    assert!(read_and_wait(&mut db, &key(7)).1 <= hardened);
 
     // A change of key 0 is appended and not hardened (nothing is submitted to the ring).
     db.begin();
     btree::put(db.pool(), &key(0), &value(1, 100)).unwrap();
-    let CommitProgress::Appended(pending) = db.commit().unwrap() else { panic!("not appended") };
+    let pending = commit_appended(&mut db);
     assert!(pending > db.log.lsn_hardened());
     let changed_leaf = btree::leaf_of(db.pool(), &key(0)).unwrap();
     let other = (1..n).rev().find(|&i| btree::leaf_of(db.pool(), &key(i)).unwrap() != changed_leaf).unwrap();
 
-    let (v, wait) = read(&mut db, &key(other));
+    let (v, wait) = read_and_wait(&mut db, &key(other));
     assert_eq!(v, Some(value(other, 100)));
     assert!(wait <= hardened, "a read of a hardened leaf waits for {wait:?}, hardened {hardened:?}");
-    let (v, wait) = read(&mut db, &key(0));
+    let (v, wait) = read_and_wait(&mut db, &key(0));
     assert_eq!(v, Some(value(1, 100)));
     assert!(wait >= pending, "a read of the changed key must wait for its commit");
     // An absent key that would live on the changed leaf: its absence is only as durable as the leaf.
     let mut absent = key(0);
     absent.push(b'x');
     assert_eq!(btree::leaf_of(db.pool(), &absent).unwrap(), changed_leaf);
-    let (v, wait) = read(&mut db, &absent);
+    let (v, wait) = read_and_wait(&mut db, &absent);
     assert_eq!(v, None);
     assert!(wait >= pending, "a read of an absent key on the changed leaf must wait for the commit");
 
@@ -753,12 +760,12 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
     let shape = btree::shape(db.pool()).unwrap();
     db.begin();
     btree::put(db.pool(), &absent, b"inserted").unwrap();
-    let CommitProgress::Appended(inserted) = db.commit().unwrap() else { panic!("not appended") };
+    let inserted = commit_appended(&mut db);
     assert_eq!(btree::shape(db.pool()).unwrap().leaves, shape.leaves, "the insert split a leaf");
-    let (v, wait) = read(&mut db, &key(other));
+    let (v, wait) = read_and_wait(&mut db, &key(other));
     assert_eq!(v, Some(value(other, 100)));
     assert!(wait <= hardened, "a read of a hardened leaf waits for {wait:?} while an insert is in flight");
-    let (v, wait) = read(&mut db, &absent);
+    let (v, wait) = read_and_wait(&mut db, &absent);
     assert_eq!(v.as_deref(), Some(&b"inserted"[..]));
     assert!(wait >= inserted, "a read of the inserted key must wait for its commit");
 
@@ -770,7 +777,7 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
     db.begin();
     btree::put(db.pool(), &key(other), &value(other, 100)).unwrap();
     assert_eq!(db.pool().pages_in_tx(), 0, "a write of the same value takes no page (no before-image)");
-    let CommitProgress::Appended(wait) = db.commit().unwrap() else { panic!("not appended") };
+    let wait = commit_appended(&mut db);
     assert_eq!(db.log.lsn_appended(), start, "a write that changes no byte logs nothing");
     assert!(wait <= db.log.lsn_hardened());
     assert_eq!(get(&mut db, &key(other)), Some(value(other, 100)));
@@ -781,7 +788,7 @@ fn a_transaction_that_changes_nothing_waits_only_for_the_pages_it_saw() {
     drop(db);
     let mut db = open(dir.path(), &mut ring, 256);
     let hardened = db.log.lsn_hardened();
-    let (v, wait) = read(&mut db, &key(other));
+    let (v, wait) = read_and_wait(&mut db, &key(other));
     assert_eq!(v, Some(value(other, 100)));
     assert!(
         wait > Lsn::ZERO && wait <= hardened,
@@ -797,14 +804,6 @@ fn a_read_waits_for_an_unreleased_root_split_and_flushdb() {
     let dir = scratch();
     let mut ring = Ring::new(64).unwrap();
     let mut db = open(dir.path(), &mut ring, 256);
-    let read_wait = |db: &mut Database, k: &[u8]| -> Lsn {
-        db.begin();
-        btree::get(db.pool(), k).unwrap();
-        match db.commit().unwrap() {
-            CommitProgress::Appended(lsn) => lsn,
-            other => panic!("{other:?}"),
-        }
-    };
     // Fill the root leaf, hardened, up to the insert that splits it; that one stays unhardened.
     let mut split = None;
     for i in 0..1000 {
@@ -815,23 +814,23 @@ fn a_read_waits_for_an_unreleased_root_split_and_flushdb() {
             put(&mut db, &mut ring, &key(i), &value(i, 100));
             continue;
         }
-        let CommitProgress::Appended(lsn) = db.commit().unwrap() else { panic!("not appended") };
+        let lsn = commit_appended(&mut db);
         split = Some((i, lsn));
         break;
     }
     let (last, split_lsn) = split.expect("the root leaf split");
     assert!(split_lsn > db.log.lsn_hardened());
     for k in [key(0), key(last), key(last + 1)] {
-        assert!(read_wait(&mut db, &k) >= split_lsn, "a read during an unreleased root split");
+        assert!(read_and_wait(&mut db, &k).1 >= split_lsn, "a read during an unreleased root split");
     }
     put(&mut db, &mut ring, &key(5000), &value(0, 10)); // hardens the split
-    assert!(read_wait(&mut db, &key(0)) <= db.log.lsn_hardened());
+    assert!(read_and_wait(&mut db, &key(0)).1 <= db.log.lsn_hardened());
 
     db.begin();
     btree::clear(db.pool()).unwrap();
-    let CommitProgress::Appended(flush_lsn) = db.commit().unwrap() else { panic!("not appended") };
+    let flush_lsn = commit_appended(&mut db);
     assert!(flush_lsn > db.log.lsn_hardened());
     for k in [key(0), key(last)] {
-        assert!(read_wait(&mut db, &k) >= flush_lsn, "a read during an unreleased FLUSHDB");
+        assert!(read_and_wait(&mut db, &k).1 >= flush_lsn, "a read during an unreleased FLUSHDB");
     }
 }

@@ -114,11 +114,16 @@ pub fn create(pool: &mut BufferPool) -> Result<()> {
     Ok(())
 }
 
-pub fn meta(pool: &mut BufferPool) -> Result<Meta> {
-    let p = pool.read(META_PAGE)?;
+/// `p`, if it is the meta page.
+fn checked_meta(p: &[u8]) -> Result<&[u8]> {
     if page::page_type(p) != Some(PageType::Meta) || p[META_MAGIC_AT..META_MAGIC_AT + 4] != META_MAGIC {
         return Err(corrupt(META_PAGE, "not a meta page"));
     }
+    Ok(p)
+}
+
+pub fn meta(pool: &mut BufferPool) -> Result<Meta> {
+    let p = checked_meta(pool.read(META_PAGE)?)?;
     Ok(Meta {
         root: PageId(u64_at(p, META_ROOT)),
         next_page: u64_at(p, META_NEXT_PAGE),
@@ -177,10 +182,7 @@ fn check_limits(key: &[u8], value_len: usize) -> Result<()> {
 /// (a root split creates it; a root collapse merged into the child that becomes the root), which
 /// the descent observes.
 fn root(pool: &mut BufferPool) -> Result<PageId> {
-    let p = pool.read_unobserved(META_PAGE)?;
-    if page::page_type(p) != Some(PageType::Meta) || p[META_MAGIC_AT..META_MAGIC_AT + 4] != META_MAGIC {
-        return Err(corrupt(META_PAGE, "not a meta page"));
-    }
+    let p = checked_meta(pool.read_unobserved(META_PAGE)?)?;
     Ok(PageId(u64_at(p, META_ROOT)))
 }
 
